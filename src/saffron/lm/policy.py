@@ -1,0 +1,67 @@
+"""The policy: a backend plus its chat format, and the next-token distribution helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saffron.lm.backend import Backend, PlainBackend, TrieBackend
+from saffron.lm.chat import ChatFormat
+from saffron.lm.models import LoadedModel, load_model
+from saffron.types import TokenSequence
+
+
+@dataclass
+class Policy:
+    """The language model being defended. Reads whole sequences (prefill included)."""
+
+    backend: Backend
+    chat: ChatFormat
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.vocab_size
+
+    def next_logits(self, seqs: Sequence[TokenSequence]) -> Tensor:
+        """Next-token logits (B, vocab) after each full sequence, in float32."""
+        return self.backend.logits([s.tokens for s in seqs]).float()
+
+
+def make_policy(
+    loaded: LoadedModel, *, cache: bool = True, kv_budget: int | None = None
+) -> Policy:
+    """Wrap a loaded model as a policy with a trie cache (``cache=False``: no cache)."""
+    backend: Backend
+    if cache:
+        backend = TrieBackend(loaded) if kv_budget is None else TrieBackend(loaded, max_bytes=kv_budget)
+    else:
+        backend = PlainBackend(loaded)
+    gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+    extra = tuple(gen_eos) if isinstance(gen_eos, list) else ((gen_eos,) if gen_eos is not None else ())
+    chat = ChatFormat.from_tokenizer(
+        loaded.tokenizer, max_context=loaded.max_context, extra_eos=tuple(int(e) for e in extra)
+    )
+    return Policy(backend=backend, chat=chat)
+
+
+def load_policy(name: str, *, cache: bool = True, device: str = "cpu") -> Policy:
+    return make_policy(load_model(name, device=device), cache=cache)
+
+
+def top_p_set(logits: Tensor, p: float) -> Tensor:
+    """Token ids of the nucleus of ``softmax(logits)`` (1-D logits), most probable first.
+
+    Keeps tokens whose *preceding* cumulative mass is < p, so at least one token is kept
+    (paper, "Conservative exploration": top-p children with p = 0.8).
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    sorted_p, order = torch.sort(probs, descending=True)
+    before = torch.cumsum(sorted_p, 0) - sorted_p
+    return order[before < p]

@@ -1,0 +1,36 @@
+"""No-defence decoding: greedy and sampling. The baselines every defence is compared with."""
+
+from __future__ import annotations
+
+from saffron.search.base import SearchConfig, SearchResult, World, metered, register
+from saffron.search.decoding import decode_batch, ended_by_eos, generator
+from saffron.types import TokenSequence
+
+
+
+@register("greedy", "no defence: greedy decoding", "ignored (always 1 answer)")
+def greedy(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+    with metered(world) as compute:
+        out = decode_batch(world.policy, [seq], cfg, greedy=True)[0]
+    return SearchResult(
+        method="greedy",
+        sequence=out,
+        text=world.policy.chat.decode(out.generated),
+        reward=None,
+        finished=ended_by_eos(out, world.policy),
+        compute=compute,
+    )
+
+
+@register("sample", "no defence: one sample (temperature, top-p)", "ignored (always 1 answer)")
+def sample(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+    with metered(world) as compute:
+        out = decode_batch(world.policy, [seq], cfg, greedy=False, gen=generator(cfg))[0]
+    return SearchResult(
+        method="sample",
+        sequence=out,
+        text=world.policy.chat.decode(out.generated),
+        reward=None,
+        finished=ended_by_eos(out, world.policy),
+        compute=compute,
+    )
