@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("models", help="list the model names Saffron knows")
+    sub.add_parser("datasets", help="list the prompt sets Saffron knows")
     sub.add_parser("methods", help="list the search methods")
     sub.add_parser("setup", help="prepare the embedded model files (idempotent)")
     sub.add_parser("demo", help="the main job on the embedded default")
@@ -88,10 +89,23 @@ def cmd_methods(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(_: argparse.Namespace) -> int:
+    from saffron.data import list_datasets
+
+    for info in list_datasets():
+        rows = f"{info.rows} rows" if info.rows is not None else "rows: online"
+        where = "offline" if info.offline else "hub"
+        print(f"{info.name:16s} {where:7s} {rows:12s} {info.licence:24s} {info.description}")
+    print("(or a .jsonl file of {\"prompt\": ..., \"prefill\"?: ..., \"id\"?: ...} rows)")
+    return 0
+
+
 def cmd_setup(_: argparse.Namespace) -> int:
+    from saffron.data import fetch_all
     from saffron.lm.models import ensure_smollm2
 
     print(f"embedded policy: {ensure_smollm2()}")
+    print(f"prompt sets:     {fetch_all()}")
     return 0
 
 
@@ -150,6 +164,7 @@ def cmd_demo(_: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "models": cmd_models,
+    "datasets": cmd_datasets,
     "methods": cmd_methods,
     "setup": cmd_setup,
     "demo": cmd_demo,

@@ -87,7 +87,8 @@ def _load_advbench() -> list[PromptRow]:
     ``category`` is the first of PyRIT's harm categories for the goal.
     """
     ((src, f),) = fetch.files_for("advbench")
-    doc = yaml.safe_load(_text(src.name, f.path))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster
+    doc = yaml.load(_text(src.name, f.path), Loader=loader)  # a safe loader: plain data only
     rows = []
     for i, seed in enumerate(doc["seeds"], start=1):
         cats = seed.get("harm_categories") or []
@@ -277,7 +278,7 @@ def read_jsonl(path: Path) -> list[PromptRow]:
 
     Rows without an ``id`` get ``<file stem>-<line number, 4 digits>``. Errors, each one
     :class:`SaffronError` line: ``FILE: no such file``, ``FILE:LINE: not valid UTF-8``,
-    ``FILE:LINE: malformed JSON (...)``, ``FILE:LINE: expected a JSON object, got ...``,
+    ``FILE:LINE: malformed JSON (column N: ...)``, ``FILE:LINE: expected a JSON object, got ...``,
     ``FILE:LINE: missing "prompt"``, ``FILE:LINE: "prompt" must be a string``,
     ``FILE:LINE: empty prompt``, ``FILE:LINE: "<field>" must be a string``,
     ``FILE:LINE: duplicate id '<id>' (first on line N)``, ``FILE: no prompts``.
@@ -319,7 +320,7 @@ def _parse_line(line: str, where: str, lineno: int, stem: str) -> PromptRow:
         obj: Any = json.loads(line)
     except json.JSONDecodeError as e:
         raise SaffronError(
-            f"{where}:{lineno}: malformed JSON ({e.msg} at column {e.colno})"
+            f"{where}:{lineno}: malformed JSON (column {e.colno}: {e.msg})"
         ) from None
     if not isinstance(obj, dict):
         raise SaffronError(f"{where}:{lineno}: expected a JSON object, got {_json_type(obj)}")

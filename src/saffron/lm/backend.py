@@ -94,7 +94,7 @@ class Backend(ABC):
     def hidden_from(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[Tensor]:
         """For each sequence, hidden states at positions ``start … len-1``: (len-start, d)."""
 
-    def clear(self) -> None:
+    def clear(self) -> None:  # noqa: B027  (a no-op is the right default without a cache)
         """Drop every cached position (no-op without a cache)."""
 
     def stats(self) -> CacheStats:
@@ -180,6 +180,12 @@ class Backend(ABC):
         causal = ar_new[None, :] <= ar_new[:, None]  # (Lm q, Lm k)
         new_part = causal[None, :, :] & new_valid[:, None, :]  # (B, Lm, Lm)
         mask = torch.cat([past_valid[:, None, :].expand(bsz, lm, pm), new_part], dim=-1)
+        attn_mask: Tensor = mask[:, None, :, :]
+        if getattr(self.model.config, "_attn_implementation", "sdpa") != "sdpa":
+            # eager attention adds the mask to the scores: 0 where allowed, a large negative
+            attn_mask = torch.zeros(attn_mask.shape, dtype=self.dtype, device=dev).masked_fill(
+                ~attn_mask, torch.finfo(self.dtype).min
+            )
         cache = DynamicCache()
         if pm:
             assert pool is not None
@@ -193,12 +199,15 @@ class Backend(ABC):
         with torch.inference_mode():
             out = self.decoder(
                 input_ids=ids,
-                attention_mask=mask[:, None, :, :],
+                attention_mask=attn_mask,
                 position_ids=position_ids,
                 cache=cache,
                 use_cache=True,
             )
-        new_kv = [(layer.keys[:, :, pm:, :], layer.values[:, :, pm:, :]) for layer in cache.layers]
+        new_kv = [
+            (layer.keys[:, :, pm:, :], layer.values[:, :, pm:, :])  # type: ignore[union-attr,index]
+            for layer in cache.layers
+        ]
         self.compute.forwards += 1
         return out.last_hidden_state, new_kv
 
@@ -340,7 +349,11 @@ class TrieBackend(Backend):
             counted: list[tuple[int, int]] = []
             for wave in range(max((w for w, _, _ in segs), default=-1) + 1):
                 todo = [
-                    _Segment([nd.slot for nd in p[:st]], list(seq_tokens(p, st)), [nd.slot for nd in p[st:]])
+                    _Segment(
+                        [nd.slot for nd in p[:st]],
+                        list(seq_tokens(p, st)),
+                        [nd.slot for nd in p[st:]],
+                    )
                     for w, p, st in segs
                     if w == wave
                 ]

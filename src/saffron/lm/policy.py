@@ -34,17 +34,19 @@ class Policy:
         return self.backend.logits([s.tokens for s in seqs]).float()
 
 
-def make_policy(
-    loaded: LoadedModel, *, cache: bool = True, kv_budget: int | None = None
-) -> Policy:
+def make_policy(loaded: LoadedModel, *, cache: bool = True, kv_budget: int | None = None) -> Policy:
     """Wrap a loaded model as a policy with a trie cache (``cache=False``: no cache)."""
     backend: Backend
     if cache:
-        backend = TrieBackend(loaded) if kv_budget is None else TrieBackend(loaded, max_bytes=kv_budget)
+        backend = (
+            TrieBackend(loaded) if kv_budget is None else TrieBackend(loaded, max_bytes=kv_budget)
+        )
     else:
         backend = PlainBackend(loaded)
     gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
-    extra = tuple(gen_eos) if isinstance(gen_eos, list) else ((gen_eos,) if gen_eos is not None else ())
+    extra = (
+        tuple(gen_eos) if isinstance(gen_eos, list) else ((gen_eos,) if gen_eos is not None else ())
+    )
     chat = ChatFormat.from_tokenizer(
         loaded.tokenizer, max_context=loaded.max_context, extra_eos=tuple(int(e) for e in extra)
     )

@@ -12,6 +12,7 @@ progress and not yet computed. Pending nodes exist only inside one backend call.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Sequence
 
 PENDING = -1
@@ -93,21 +94,23 @@ class Trie:
         """Remove up to ``n`` stored nodes, least recently used leaves first; return their slots.
 
         Nodes touched at ``protected_tick`` (the call in progress) and pending nodes are never
-        removed. Removing a leaf may turn its parent into a leaf, which becomes a candidate.
+        removed. A parent whose last child goes becomes a leaf and a candidate in turn; since a
+        parent is touched whenever a child is, it is never older than its children.
         """
+
+        def evictable(nd: TrieNode) -> bool:
+            return nd.last_used != protected_tick and nd.slot != PENDING and not nd.children
+
+        heap = [(nd.last_used, id(nd), nd) for nd in self.leaves() if evictable(nd)]
+        heapq.heapify(heap)
         freed: list[int] = []
-        while len(freed) < n:
-            candidates = [
-                leaf
-                for leaf in self.leaves()
-                if leaf.last_used != protected_tick and leaf.slot != PENDING
-            ]
-            if not candidates:
-                break
-            candidates.sort(key=lambda nd: nd.last_used)
-            for leaf in candidates[: n - len(freed)]:
-                freed.append(leaf.slot)
-                self.remove_leaf(leaf)
+        while heap and len(freed) < n:
+            _, _, leaf = heapq.heappop(heap)
+            parent = leaf.parent
+            freed.append(leaf.slot)
+            self.remove_leaf(leaf)
+            if parent is not None and parent is not self.root and evictable(parent):
+                heapq.heappush(heap, (parent.last_used, id(parent), parent))
         return freed
 
     def clear(self) -> list[int]:

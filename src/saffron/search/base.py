@@ -159,9 +159,7 @@ def metered(world: World) -> Iterator[Compute]:
         yield out
     finally:
         out.wall_s = time.perf_counter() - t0
-        out.per_model = {
-            role: backends[role].compute.minus(before[role]) for role in backends
-        }
+        out.per_model = {role: backends[role].compute.minus(before[role]) for role in backends}
 
 
 def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig) -> SearchResult:
@@ -172,5 +170,3 @@ def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig
     if spec.needs_mrm and world.mrm is None:
         raise SaffronError(f"method {name!r} needs a multifurcation reward model (MRM)")
     return spec.fn(world, seq, config)
-
-

@@ -7,7 +7,6 @@ from saffron.search.decoding import decode_batch, ended_by_eos, generator
 from saffron.types import TokenSequence
 
 
-
 @register("greedy", "no defence: greedy decoding", "ignored (always 1 answer)")
 def greedy(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
     with metered(world) as compute:

@@ -1,0 +1,170 @@
+"""What the reward-guided methods share: a search node, ranking, option parsing, metering of
+reward-model calls, and turning the chosen node into a :class:`SearchResult`.
+
+Ranking rule used everywhere: a node is better when its reward (the estimate the search saw) is
+higher; equal rewards are broken by the policy's log-probability of the generated tokens. The
+order of a Python list never decides which answer is returned (the released Saffron code
+returned the first element of an unsorted list — paper notes, "Known flaws").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from saffron.errors import SaffronError
+from saffron.lm.policy import Policy
+from saffron.reward.base import Guard, MultifurcationRM
+from saffron.search.base import SearchConfig, SearchResult, World, metered
+from saffron.search.decoding import ended_by_eos, is_finished
+from saffron.types import Compute, TokenSequence
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One candidate answer in a search.
+
+    ``reward`` is the reward the search saw for it (−∞ when none yet); ``logp`` the policy's
+    log-probability of ``seq.generated`` (tie-break only); ``finished`` whether it ends in a stop
+    token or reached max_new_tokens (:func:`saffron.search.decoding.is_finished`).
+    """
+
+    seq: TokenSequence
+    reward: float = NEG_INF
+    logp: float = 0.0
+    finished: bool = False
+
+
+def rank_key(node: Node) -> tuple[float, float]:
+    """Sort key, higher is better: reward, then the policy's log-probability."""
+    return (node.reward, node.logp)
+
+
+def best(nodes: Iterable[Node]) -> Node:
+    """The best node: finished ones first, then by :func:`rank_key`. ``nodes`` must be non-empty."""
+    return max(nodes, key=lambda n: (n.finished, *rank_key(n)))
+
+
+def child(policy: Policy, cfg: SearchConfig, parent: Node, token: int, logp: float) -> Node:
+    """``parent`` extended by ``token`` whose policy log-probability is ``logp`` (no reward)."""
+    seq = parent.seq.extend(int(token))
+    return Node(seq, NEG_INF, parent.logp + logp, is_finished(seq, policy, cfg))
+
+
+# --- world checks ---------------------------------------------------------------------------
+
+
+def require_guard(world: World, method: str) -> Guard:
+    """The world's guard, or SaffronError (same message as :func:`run_search`)."""
+    if world.guard is None:
+        raise SaffronError(f"method {method!r} needs a guard model")
+    return cast(Guard, world.guard)
+
+
+def require_mrm(world: World, method: str) -> MultifurcationRM:
+    """The world's MRM, checked to score the policy's vocabulary (paper: an MRM is tied to the
+    policy's tokenizer, its output is indexed by the policy's token ids)."""
+    if world.mrm is None:
+        raise SaffronError(f"method {method!r} needs a multifurcation reward model (MRM)")
+    mrm = cast(MultifurcationRM, world.mrm)
+    theirs, ours = int(mrm.vocab_size), int(world.policy.vocab_size)
+    if theirs != ours:
+        name = getattr(mrm, "name", "?")
+        raise SaffronError(
+            f"MRM {name!r} scores a vocabulary of {theirs} tokens, policy "
+            f"{world.policy.name!r} has {ours}; an MRM only works with its own policy's tokenizer"
+        )
+    return mrm
+
+
+# --- options --------------------------------------------------------------------------------
+
+
+def int_option(cfg: SearchConfig, key: str, default: int, minimum: int) -> int:
+    """``cfg.option(key)`` as an int ≥ ``minimum``; SaffronError otherwise."""
+    value = cfg.option(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SaffronError(f"option {key!r} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def float_option(cfg: SearchConfig, key: str, default: float, *, positive: bool = True) -> float:
+    """``cfg.option(key)`` as a finite float (> 0 when ``positive``); SaffronError otherwise."""
+    value = cfg.option(key, default)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        need = "a finite number > 0" if positive else "a finite number"
+        raise SaffronError(f"option {key!r} must be {need}, got {value!r}")
+    return float(value)
+
+
+def bool_option(cfg: SearchConfig, key: str, default: bool) -> bool:
+    value = cfg.option(key, default)
+    if not isinstance(value, bool):
+        raise SaffronError(f"option {key!r} must be true or false, got {value!r}")
+    return value
+
+
+# --- metering and results -------------------------------------------------------------------
+
+
+@dataclass
+class Meter:
+    """Compute per model role and reward-model calls, filled in when :func:`measured` exits."""
+
+    compute: Compute
+    reward_calls: dict[str, int] = field(default_factory=dict)
+
+
+def _reward_models(world: World) -> dict[str, Any]:
+    return {role: m for role, m in (("guard", world.guard), ("mrm", world.mrm)) if m is not None}
+
+
+@contextmanager
+def measured(world: World) -> Iterator[Meter]:
+    """Like :func:`metered`, and also count the reward models' ``calls`` spent in the block.
+
+    A guard's ``calls`` counts scored (prompt, response) pairs, an MRM's scored sequences: the
+    units in which the paper counts PRM and MRM calls.
+    """
+    models = _reward_models(world)
+    before = {role: int(getattr(m, "calls", 0)) for role, m in models.items()}
+    with metered(world) as compute:
+        meter = Meter(compute)
+        try:
+            yield meter
+        finally:
+            meter.reward_calls = {
+                role: int(getattr(m, "calls", 0)) - before[role] for role, m in models.items()
+            }
+
+
+def finite_or_none(x: float) -> float | None:
+    """``x`` when finite, else None (no usable reward was seen; keeps JSON valid)."""
+    return x if math.isfinite(x) else None
+
+
+def make_result(
+    world: World,
+    method: str,
+    node: Node,
+    meter: Meter,
+    extra: dict[str, Any] | None = None,
+) -> SearchResult:
+    """The result for answer ``node``: its text, the reward the search saw, what it cost."""
+    policy = world.policy
+    return SearchResult(
+        method=method,
+        sequence=node.seq,
+        text=policy.chat.decode(node.seq.generated),
+        reward=finite_or_none(node.reward),
+        finished=ended_by_eos(node.seq, policy),
+        compute=meter.compute,
+        reward_calls=dict(meter.reward_calls),
+        extra=dict(extra or {}),
+    )

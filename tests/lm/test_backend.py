@@ -1,0 +1,140 @@
+"""Parity of the trie backend with uncached forwards, exact token accounting, eviction."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saffron.errors import SaffronError
+from saffron.lm.backend import PlainBackend, TrieBackend
+from saffron.lm.models import LoadedModel
+
+
+def full_forward_last(loaded: LoadedModel, seqs: list[list[int]]) -> torch.Tensor:
+    """Reference: a plain Hugging Face forward per sequence, no cache, no padding."""
+    with torch.no_grad():
+        return torch.stack(
+            [loaded.model.model(torch.tensor([s])).last_hidden_state[0, -1] for s in seqs]
+        )
+
+
+# Sets of sequences that share prefixes: a few stems, each extended by random suffixes.
+token = st.integers(min_value=3, max_value=200)
+sequence_sets = st.lists(
+    st.tuples(st.lists(token, min_size=0, max_size=12), st.lists(token, min_size=1, max_size=6)),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(parts=sequence_sets, stem=st.lists(token, min_size=1, max_size=10))
+def test_trie_matches_uncached_forward(tiny: LoadedModel, parts, stem) -> None:
+    backend = TrieBackend(tiny)
+    # Two rounds: the second extends sequences of the first, so it reads cached prefixes.
+    first = [stem + a for a, _ in parts if stem + a]
+    second = [stem + a + b for a, b in parts]
+    for seqs in (first, second):
+        if not seqs:
+            continue
+        got = backend.last_hidden(seqs)
+        want = full_forward_last(tiny, seqs)
+        assert (got - want).abs().max().item() <= 1e-4
+
+
+@settings(max_examples=10, deadline=None)
+@given(parts=sequence_sets)
+def test_logits_and_positions_match_plain(tiny: LoadedModel, parts) -> None:
+    trie, plain = TrieBackend(tiny), PlainBackend(tiny)
+    seqs = [a + b for a, b in parts]
+    assert (trie.logits(seqs) - plain.logits(seqs)).abs().max().item() <= 1e-4
+    starts = [len(a) for a, _ in parts]
+    pairs = zip(trie.hidden_from(seqs, starts), plain.hidden_from(seqs, starts), strict=True)
+    for got, want in pairs:
+        assert got.shape == want.shape
+        assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_branches_compute_each_node_once(tiny: LoadedModel) -> None:
+    """16 branches × 32 steps from a 60-token prompt compute 60 + (distinct tree nodes)."""
+    rng = random.Random(0)
+    prompt = [rng.randrange(3, 250) for _ in range(60)]
+    backend = TrieBackend(tiny)
+    branches = [list(prompt) for _ in range(16)]
+    distinct: set[tuple[int, ...]] = set()
+    for _ in range(32):
+        backend.last_hidden(branches)
+        # Beam-like: some branches copy another one before extending (shared prefixes).
+        nxt = []
+        for b in branches:
+            src = b if rng.random() < 0.7 else branches[rng.randrange(16)]
+            nxt.append([*src, rng.choice([3, 4, 5, 6])])
+        branches = nxt
+        distinct.update(tuple(b[60:]) for b in branches)
+    backend.last_hidden(branches)
+    # every distinct generated prefix is one tree node
+    nodes = {p[:k] for p in distinct for k in range(1, len(p) + 1)}
+    assert backend.compute.tokens_computed == 60 + len(nodes)
+    assert backend.stats().nodes == 60 + len(nodes)
+    # and asking again computes nothing
+    before = backend.compute.tokens_computed
+    backend.last_hidden(branches)
+    assert backend.compute.tokens_computed == before
+
+
+def test_shared_new_prefix_in_one_call_is_computed_once(tiny: LoadedModel) -> None:
+    backend = TrieBackend(tiny)
+    seqs = [[5] * 20 + [i + 3] for i in range(8)]
+    got = backend.last_hidden(seqs)
+    assert backend.compute.tokens_computed == 20 + 8
+    assert backend.compute.tokens_reused == 7 * 20
+    assert (got - full_forward_last(tiny, seqs)).abs().max().item() <= 1e-4
+
+
+def test_eviction_keeps_results_and_budget(tiny: LoadedModel) -> None:
+    roomy = TrieBackend(tiny)
+    per_slot = roomy.pool.bytes_per_slot
+    budget = 90 * per_slot
+    small = TrieBackend(tiny, max_bytes=budget)
+    rng = random.Random(1)
+    for _ in range(12):
+        seqs = [[rng.randrange(3, 250) for _ in range(rng.randrange(5, 30))] for _ in range(3)]
+        a, b = small.last_hidden(seqs), roomy.last_hidden(seqs)
+        assert (a - b).abs().max().item() <= 1e-5
+        assert small.stats().bytes_held <= budget
+        assert small.stats().bytes_allocated <= budget + per_slot  # + the reserved zero slot
+    assert small.stats().nodes < roomy.stats().nodes
+
+
+def test_eviction_prefers_least_recently_used(tiny: LoadedModel) -> None:
+    backend = TrieBackend(tiny, max_bytes=40 * TrieBackend(tiny).pool.bytes_per_slot)
+    old, fresh = [7] * 15, [8] * 15
+    backend.last_hidden([old])
+    backend.last_hidden([fresh])
+    backend.last_hidden([[9] * 15])  # needs room: the oldest leaves go first
+    assert backend.cached_prefix_len(fresh) == 15
+    assert backend.cached_prefix_len(old) < 15
+
+
+def test_call_larger_than_budget_is_refused_and_cache_intact(tiny: LoadedModel) -> None:
+    backend = TrieBackend(tiny, max_bytes=10 * TrieBackend(tiny).pool.bytes_per_slot)
+    backend.last_hidden([[4, 5, 6]])
+    with pytest.raises(SaffronError, match=r"KV cache budget .* too small"):
+        backend.last_hidden([[4, 5, 6, *range(10, 30)]])
+    assert backend.cached_prefix_len([4, 5, 6, 10]) == 3
+    assert backend.stats().nodes == 3
+
+
+def test_clear_and_bad_sequences(tiny: LoadedModel) -> None:
+    backend = TrieBackend(tiny)
+    backend.last_hidden([[3, 4, 5]])
+    backend.clear()
+    assert backend.stats().nodes == 0 and backend.stats().bytes_held == 0
+    with pytest.raises(SaffronError, match="empty"):
+        backend.last_hidden([[]])
+    with pytest.raises(SaffronError, match="exceeds tiny-random-llama's context of 1024"):
+        backend.last_hidden([[3] * 1025])
