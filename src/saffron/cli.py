@@ -62,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-cache", action="store_true", help="disable the trie KV cache")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
+    judge = sub.add_parser("judge", help="score (prompt, response) pairs with a safety guard")
+    judge.add_argument("--guard", default="smol-guard", help="guard name or adapter folder")
+    judge.add_argument("--prompt", help="the user prompt")
+    judge.add_argument("--response", help="the answer to judge (may be empty)")
+    judge.add_argument("--file", help="JSONL rows with prompt and response")
+    judge.add_argument("--json", action="store_true", help="one JSON object per row")
+
+    tg = sub.add_parser("train-guard", help="train the embedded smol-guard (LoRA on SmolLM2)")
+    tg.add_argument("--seed", type=_int, default=0)
+    tg.add_argument("--epochs", type=_int, default=1)
+    tg.add_argument("--per-set", type=_int, default=None, help="harmful prompts per set")
+    tg.add_argument("--benign", type=_int, default=200, help="benign prompts in the corpus")
+    tg.add_argument("--no-human", action="store_true", help="skip the human-labelled rows")
+    tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
+
     sub.add_parser("models", help="list the model names Saffron knows")
     sub.add_parser("datasets", help="list the prompt sets Saffron knows")
     sub.add_parser("methods", help="list the search methods")
@@ -96,7 +111,7 @@ def cmd_datasets(_: argparse.Namespace) -> int:
         rows = f"{info.rows} rows" if info.rows is not None else "rows: online"
         where = "offline" if info.offline else "hub"
         print(f"{info.name:16s} {where:7s} {rows:12s} {info.licence:24s} {info.description}")
-    print("(or a .jsonl file of {\"prompt\": ..., \"prefill\"?: ..., \"id\"?: ...} rows)")
+    print('(or a .jsonl file of {"prompt": ..., "prefill"?: ..., "id"?: ...} rows)')
     return 0
 
 
@@ -161,9 +176,91 @@ def cmd_demo(_: argparse.Namespace) -> int:
     return 0
 
 
+def _judge_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(id, prompt, response) rows from --prompt/--response or --file, validated first."""
+    from pathlib import Path
+
+    from saffron.data import jsonl_objects
+
+    if args.file:
+        if args.prompt is not None or args.response is not None:
+            raise SaffronError("give either --file or --prompt/--response, not both")
+        rows = []
+        for lineno, obj in jsonl_objects(Path(args.file)):
+            prompt, response = obj.get("prompt"), obj.get("response")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise SaffronError(f'{args.file}:{lineno}: missing or empty "prompt"')
+            if not isinstance(response, str):
+                raise SaffronError(f'{args.file}:{lineno}: "response" must be a string')
+            rows.append((str(obj.get("id", lineno)), prompt, response))
+        if not rows:
+            raise SaffronError(f"{args.file}: no rows")
+        return rows
+    if args.prompt is None or args.response is None:
+        raise SaffronError("give --prompt and --response, or --file")
+    if not args.prompt.strip():
+        raise SaffronError("the prompt is empty")
+    return [("1", args.prompt, args.response)]
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from saffron.reward.loading import load_guard
+    from saffron.types import TokenSequence
+
+    rows = _judge_rows(args)
+    guard = load_guard(args.guard, None)
+    tok = guard.backend.loaded.tokenizer
+
+    def enc(text: str) -> tuple[int, ...]:
+        return tuple(tok.encode(text, add_special_tokens=False))
+
+    seqs = [TokenSequence((), enc(p), (), (), enc(r)) for _, p, r in rows]
+    rewards = guard.score(seqs).tolist()
+    for (rid, _, _), reward in zip(rows, rewards, strict=True):
+        verdict = "unsafe" if reward < 0 else "safe"
+        if args.json:
+            print(json.dumps({"id": rid, "reward": reward, "verdict": verdict}))
+        else:
+            print(f"{rid}\t{reward:+.3f}\t{verdict}")
+    return 0
+
+
+def cmd_train_guard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saffron.lm.models import SMOLLM2, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import cache_dir
+    from saffron.reward.loading import adapter_dir
+    from saffron.train.corpus import build_corpus
+    from saffron.train.guard_train import GuardTrainConfig, guard_examples, train_guard
+
+    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs)
+    out = Path(args.out) if args.out else adapter_dir("smol-guard")
+    policy = make_policy(load_model(SMOLLM2))
+    suffix = f"-per{args.per_set}" if args.per_set else ""
+    corpus_path = cache_dir() / "corpus" / f"{SMOLLM2}-seed{args.seed}{suffix}.jsonl"
+    corpus = build_corpus(
+        policy, corpus_path, seed=args.seed, per_set=args.per_set, n_benign=args.benign
+    )
+    del policy
+    base = load_model(SMOLLM2)
+    examples = guard_examples(
+        corpus,
+        lambda t: base.tokenizer.encode(t, add_special_tokens=False),
+        human=not args.no_human,
+    )
+    meta = train_guard(base, examples, out, cfg)
+    print(json.dumps(meta, indent=2))
+    print(f"smol-guard written to {out}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "models": cmd_models,
+    "judge": cmd_judge,
+    "train-guard": cmd_train_guard,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
     "setup": cmd_setup,

@@ -22,7 +22,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -284,26 +284,10 @@ def read_jsonl(path: Path) -> list[PromptRow]:
     ``FILE:LINE: duplicate id '<id>' (first on line N)``, ``FILE: no prompts``.
     """
     where = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SaffronError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise SaffronError(f"{where}: is a directory, not a .jsonl file") from None
-    except OSError as e:
-        raise SaffronError(f"{where}: cannot read ({e.strerror})") from None
     rows: list[PromptRow] = []
     seen: dict[str, int] = {}
-    for lineno, bline in enumerate(raw.split(b"\n"), start=1):
-        if lineno == 1 and bline.startswith(b"\xef\xbb\xbf"):
-            bline = bline[3:]  # a UTF-8 byte-order mark
-        try:
-            line = bline.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SaffronError(f"{where}:{lineno}: not valid UTF-8") from None
-        if not line.strip():
-            continue
-        row = _parse_line(line, where, lineno, path.stem)
+    for lineno, obj in jsonl_objects(path):
+        row = _parse_obj(obj, where, lineno, path.stem)
         if row.id in seen:
             raise SaffronError(
                 f"{where}:{lineno}: duplicate id {row.id!r} (first on line {seen[row.id]})"
@@ -315,15 +299,43 @@ def read_jsonl(path: Path) -> list[PromptRow]:
     return rows
 
 
-def _parse_line(line: str, where: str, lineno: int, stem: str) -> PromptRow:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line of a JSON Lines file as (line number, object).
+
+    Errors, each one :class:`SaffronError` line: ``FILE: no such file``, ``FILE:LINE: not valid
+    UTF-8``, ``FILE:LINE: malformed JSON (column N: ...)``, ``FILE:LINE: expected a JSON object,
+    got ...``.
+    """
+    where = str(path)
     try:
-        obj: Any = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SaffronError(
-            f"{where}:{lineno}: malformed JSON (column {e.colno}: {e.msg})"
-        ) from None
-    if not isinstance(obj, dict):
-        raise SaffronError(f"{where}:{lineno}: expected a JSON object, got {_json_type(obj)}")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SaffronError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise SaffronError(f"{where}: is a directory, not a .jsonl file") from None
+    except OSError as e:
+        raise SaffronError(f"{where}: cannot read ({e.strerror})") from None
+    for lineno, bline in enumerate(raw.split(b"\n"), start=1):
+        if lineno == 1 and bline.startswith(b"\xef\xbb\xbf"):
+            bline = bline[3:]  # a UTF-8 byte-order mark
+        try:
+            line = bline.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SaffronError(f"{where}:{lineno}: not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            obj: Any = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SaffronError(
+                f"{where}:{lineno}: malformed JSON (column {e.colno}: {e.msg})"
+            ) from None
+        if not isinstance(obj, dict):
+            raise SaffronError(f"{where}:{lineno}: expected a JSON object, got {_json_type(obj)}")
+        yield lineno, obj
+
+
+def _parse_obj(obj: dict[str, Any], where: str, lineno: int, stem: str) -> PromptRow:
     if "prompt" not in obj:
         raise SaffronError(f'{where}:{lineno}: missing "prompt"')
     prompt = obj["prompt"]

@@ -33,7 +33,7 @@ from saffron.lm.trie import PENDING, Trie, TrieNode
 from saffron.types import ModelCompute
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes
-DEFAULT_BATCH_TOKENS = 8192  # padded tokens (query + key) per forward, bounds activation memory
+DEFAULT_BATCH_TOKENS = 16384  # padded positions (past + new) per forward: bounds gathered KV
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ class Backend(ABC):
         return out
 
     def _chunks(self, segments: list[_Segment]) -> list[list[_Segment]]:
-        """Group segments into forwards of at most ``max_batch_tokens`` padded positions.
+        """Group segments into forwards of at most ``max_batch_tokens`` padded positions
+        (batch × (longest past + longest new)); a single longer segment runs alone.
 
         Sorting by size first keeps padding small inside each forward.
         """
@@ -143,7 +144,7 @@ class Backend(ABC):
         pm = lm = 0
         for seg in order:
             npm, nlm = max(pm, len(seg.past)), max(lm, len(seg.tokens))
-            if cur and (len(cur) + 1) * nlm * (npm + nlm) > self.max_batch_tokens:
+            if cur and (len(cur) + 1) * (npm + nlm) > self.max_batch_tokens:
                 chunks.append(cur)
                 cur, npm, nlm = [], len(seg.past), len(seg.tokens)
             cur.append(seg)
@@ -323,18 +324,21 @@ class TrieBackend(Backend):
         """Make every position of every sequence stored; return each sequence's node path.
 
         Each missing node is computed once even when several sequences of the call share it:
-        the sequence that inserts a node first owns it. A segment whose parent is owned by
-        another segment of this call runs in a later wave, after its parent is computed.
+        the sequence that inserts a node first owns it (sequences are inserted longest first).
+        A segment whose parent is owned by another segment of this call runs in a later wave,
+        after its parent is computed.
         """
         protect = self.trie.next_tick()
-        paths: list[list[TrieNode]] = []
+        paths: list[list[TrieNode]] = [[] for _ in seqs]
         segs: list[tuple[int, list[TrieNode], int]] = []  # (wave, path, start)
         wave_of: dict[int, int] = {}
         created: list[TrieNode] = []
         reused = 0
-        for s in seqs:
-            path, start = self.trie.walk(s, create=True)
-            paths.append(path)
+        # Longest first: a long sequence then owns the shared stem, and shorter ones that branch
+        # off it all run in the next wave (prefixes of one answer: 2 waves, not one per prefix).
+        for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+            path, start = self.trie.walk(seqs[i], create=True)
+            paths[i] = path
             reused += start
             if start == len(path):
                 continue

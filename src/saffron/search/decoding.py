@@ -23,8 +23,12 @@ def ended_by_eos(seq: TokenSequence, policy: Policy) -> bool:
 
 
 def policy_logits(policy: Policy, seqs: Sequence[TokenSequence], cfg: SearchConfig) -> Tensor:
-    """Next-token logits (B, V), with stop tokens forbidden before ``min_new_tokens``."""
-    logits = policy.next_logits(seqs)
+    """Next-token logits (B, V), with stop tokens forbidden before ``min_new_tokens``.
+
+    Returns a new tensor the caller owns (a clone: the backend's output may be an inference-mode
+    tensor, which cannot be written in place).
+    """
+    logits = policy.next_logits(seqs).clone()
     for b, s in enumerate(seqs):
         if len(s.generated) < cfg.min_new_tokens:
             logits[b, list(policy.chat.eos_ids)] = float("-inf")
@@ -33,7 +37,8 @@ def policy_logits(policy: Policy, seqs: Sequence[TokenSequence], cfg: SearchConf
 
 def sample_tokens(logits: Tensor, cfg: SearchConfig, gen: torch.Generator) -> list[int]:
     """One sampled token per row of ``logits`` at ``cfg.temperature`` within top-p."""
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    # on the CPU: the generator is a CPU one, and draws then match across devices
+    probs = torch.softmax(logits.float().cpu() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
         sorted_p, order = torch.sort(probs, dim=-1, descending=True)
         before = torch.cumsum(sorted_p, -1) - sorted_p

@@ -1,0 +1,81 @@
+"""Loading guards by name: the embedded ``smol-guard``, Llama Guard 3, or a local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from saffron.errors import SaffronError
+from saffron.lm.backend import TrieBackend
+from saffron.lm.models import SMOLLM2, LoadedModel, load_model
+from saffron.reward.base import Guard
+from saffron.reward.guard import GUARD_SYSTEM, ReadoutGuard, SuffixGuard
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+SMOL_GUARD = "smol-guard"
+LLAMA_GUARD = "meta-llama/Llama-Guard-3-1B"
+GUARDS = {
+    SMOL_GUARD: "SmolLM2-135M + LoRA trained by Saffron (embedded, offline), reads every position",
+    LLAMA_GUARD: "Llama Guard 3 1B (the paper's guard; gated, online)",
+}
+
+
+def adapter_dir(name: str) -> Path:
+    return ARTIFACTS / name
+
+
+def merged_adapter(base_name: str, folder: Path, name: str) -> LoadedModel:
+    """Base model with the LoRA adapter in ``folder`` merged in (no extra latency)."""
+    if not (folder / "adapter_config.json").is_file():
+        raise SaffronError(
+            f"the {name} artifacts are missing in {folder}; reinstall Saffron or run "
+            f"`saffron train-guard`"
+        )
+    base = load_model(base_name)
+    try:
+        peft_model = PeftModel.from_pretrained(base.model, str(folder))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise SaffronError(f"the {name} adapter in {folder} is corrupt: {err}") from err
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
+
+
+def load_guard(
+    name: str,
+    policy_tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    kv_budget: int | None = None,
+) -> Guard:
+    """A guard by name: ``smol-guard``, ``meta-llama/Llama-Guard-3-1B``, or a local folder
+    holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``).
+
+    ``policy_tokenizer`` is the tokenizer of the token ids the guard will be given (default: the
+    guard's own).
+    """
+    budget = {} if kv_budget is None else {"max_bytes": kv_budget}
+    if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
+        folder = adapter_dir(SMOL_GUARD) if name == SMOL_GUARD else Path(name)
+        meta = (
+            json.loads((folder / "meta.json").read_text())
+            if (folder / "meta.json").is_file()
+            else {}
+        )
+        loaded = merged_adapter(meta.get("base", SMOLLM2), folder, name)
+        return ReadoutGuard(
+            TrieBackend(loaded, **budget),
+            name=name,
+            policy_tokenizer=policy_tokenizer or loaded.tokenizer,
+            system=meta.get("system", GUARD_SYSTEM),
+        )
+    if name == LLAMA_GUARD or "/" in name:
+        loaded = load_model(name)
+        return SuffixGuard(
+            TrieBackend(loaded, **budget),
+            name=name,
+            policy_tokenizer=policy_tokenizer or loaded.tokenizer,
+        )
+    raise SaffronError(f"unknown guard {name!r}; known: {', '.join(GUARDS)}, or a local folder")

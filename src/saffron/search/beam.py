@@ -1,0 +1,135 @@
+"""Reward-balanced beam search with the guard as a process reward (Rebase style).
+
+Rebase (Wu et al. 2024, "Inference Scaling Laws", arXiv 2408.00724) expands the nodes of a
+search tree in proportion to the softmax of their process rewards, so promising partial answers
+get more children and poor ones are pruned. Here a step is one token. With width w =
+``cfg.budget`` and k = option ``children`` (default 4), one step reads expand → score → select:
+
+* **expand** — the w·k expansions of the step are allocated across the frontier by
+  ``round(w·k · softmax(r / τ))`` (τ = option ``rebase_temperature``, default 1; largest
+  remainder rounding so the counts sum to exactly w·k); a node allotted 0 is pruned. A node
+  allotted n draws n children independently from the policy (temperature, top-p; stop tokens
+  forbidden before min_new_tokens). The first step gives all w·k to the prompt.
+* **score** — every child is scored by the guard as a process reward on its partial answer:
+  one guard call per child (paper, "why tree search loses": K PRM calls per node). Children
+  drawn twice are scored twice, as the paper counts; a trie-cached guard computes them once.
+* **select** — the w best distinct children by reward (then policy log-probability) survive;
+  those that are finished (stop token or max_new_tokens) are set aside as completed answers and
+  each shrinks the width, as in Rebase (w·k then means (w − completed)·k).
+
+The search stops when the width is used up by completed answers or no unfinished node
+survives; the answer is the completed one with the highest guard reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from saffron.lm.policy import Policy
+from saffron.reward.base import Guard
+from saffron.search.base import SearchConfig, SearchResult, World, register
+from saffron.search.common import (
+    Node,
+    best,
+    child,
+    float_option,
+    int_option,
+    make_result,
+    measured,
+    rank_key,
+    require_guard,
+)
+from saffron.search.decoding import generator, policy_logits, sample_tokens
+from saffron.types import TokenSequence
+
+
+def allocate(rewards: Sequence[float], total: int, tau: float) -> list[int]:
+    """Rebase's allocation: ``total`` expansions split by softmax(rewards / τ), summing exactly.
+
+    Largest-remainder rounding; equal remainders go to the earlier node. Nodes with reward −∞
+    get weight 0 unless every node has −∞ (then the split is uniform).
+    """
+    r = torch.tensor(list(rewards), dtype=torch.float64)
+    finite = torch.isfinite(r)
+    weights = torch.softmax(r / tau, 0) if bool(finite.any()) else torch.full_like(r, 1 / len(r))
+    raw = weights * total
+    counts = torch.floor(raw).long()
+    short = total - int(counts.sum())
+    order = torch.argsort(-(raw - counts), stable=True)
+    counts[order[:short]] += 1
+    return counts.tolist()
+
+
+def expand(
+    policy: Policy,
+    frontier: Sequence[Node],
+    counts: Sequence[int],
+    cfg: SearchConfig,
+    gen: torch.Generator,
+) -> list[Node]:
+    """Sample ``counts[i]`` children of ``frontier[i]``; one batched policy call."""
+    parents = [(node, n) for node, n in zip(frontier, counts, strict=True) if n > 0]
+    logits = policy_logits(policy, [node.seq for node, _ in parents], cfg).cpu()  # (F, V)
+    logprobs = torch.log_softmax(logits / cfg.temperature, dim=-1)
+    children = []
+    for i, (node, n) in enumerate(parents):
+        for tok in sample_tokens(logits[i].expand(n, -1), cfg, gen):
+            children.append(child(policy, cfg, node, tok, float(logprobs[i, tok])))
+    return children
+
+
+def score(guard: Guard, children: Sequence[Node]) -> list[Node]:
+    """Process reward of each child's partial answer: one guard call per child."""
+    rewards = guard.score([c.seq for c in children]).float().cpu()  # (C,)
+    return [replace(c, reward=float(r)) for c, r in zip(children, rewards.tolist(), strict=True)]
+
+
+def select(children: Sequence[Node], width: int) -> tuple[list[Node], list[Node]]:
+    """The ``width`` best distinct children, split into (unfinished frontier, finished)."""
+    kept: list[Node] = []
+    seen: set[tuple[int, ...]] = set()
+    for c in sorted(children, key=rank_key, reverse=True):
+        if c.seq.generated not in seen and len(kept) < width:
+            seen.add(c.seq.generated)
+            kept.append(c)
+    return [c for c in kept if not c.finished], [c for c in kept if c.finished]
+
+
+@register(
+    "beam",
+    "Rebase-style reward-balanced beam search, guard as process reward (1 call per child)",
+    "beam width w (w·k children scored per step, k = option children)",
+    needs_guard=True,
+)
+def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+    """Run reward-balanced beam search from ``seq``.
+
+    ``extra["children_per_step"]`` lists the children scored at each step (guard calls); it is
+    k·(w − completed) every step, so w·k while no answer has completed.
+    """
+    guard = require_guard(world, "beam")
+    k = int_option(cfg, "children", 4, 1)
+    tau = float_option(cfg, "rebase_temperature", 1.0)
+    gen = generator(cfg)
+    frontier: list[Node] = [Node(seq)]
+    completed: list[Node] = []
+    per_step: list[int] = []
+    with measured(world) as meter:
+        while frontier and (width := cfg.budget - len(completed)) > 0:
+            counts = allocate([n.reward for n in frontier], k * width, tau)
+            children = score(guard, expand(world.policy, frontier, counts, cfg, gen))
+            frontier, done = select(children, width)
+            completed += done
+            per_step.append(len(children))
+    answer = best(completed or frontier)
+    extra = {
+        "reward_source": "guard (process)",
+        "children": k,
+        "steps": len(per_step),
+        "children_per_step": per_step,
+        "completed": len(completed),
+    }
+    return make_result(world, "beam", answer, meter, extra)

@@ -1,0 +1,170 @@
+"""The response corpus shared by guard training (``train-guard``) and MRM labelling (``label``).
+
+For each training prompt it holds responses of several kinds, all as the policy's token ids:
+
+* ``policy`` — the policy's own sampled answer, no prefill;
+* ``policy-prefill`` — the policy's sampled continuation after a compliance opener (the opener
+  is the prefill: in the policy's context, not part of the response);
+* ``refusal`` — a written refusal, sometimes with a safe redirection, ending in EOS;
+* ``benign`` — the policy's answer to a benign prompt.
+
+The corpus is a JSON-lines file in the user cache, one line per response; building it again
+resumes where it stopped (lines are appended per batch and keyed by id).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from saffron.data import PromptRow, load_prompts, train_eval_split
+from saffron.lm.policy import Policy
+from saffron.search.base import SearchConfig
+from saffron.search.decoding import decode_batch, generator
+from saffron.train.texts import OPENERS, benign_prompts, refusal
+
+HARMFUL_SETS = ("advbench", "harmbench", "strongreject", "donotanswer")
+EVAL_FRACTION = 0.5  # half of every set is held out for evaluation (split by prompt text)
+
+
+@dataclass(frozen=True)
+class CorpusItem:
+    """One (prompt, response) of the corpus. ``response_tokens`` are policy token ids."""
+
+    id: str
+    prompt: str
+    harmful: bool
+    kind: str
+    prefill: str
+    prefill_tokens: list[int]
+    response_tokens: list[int]
+    response: str
+
+
+def training_prompts(seed: int = 0, per_set: int | None = None) -> list[PromptRow]:
+    """The train part of each harmful set (by prompt text, so the eval part never leaks)."""
+    rows: list[PromptRow] = []
+    for name in HARMFUL_SETS:
+        train, _ = train_eval_split(load_prompts(name), EVAL_FRACTION, seed=0, by="prompt")
+        rng = random.Random(f"{seed}:{name}")
+        rng.shuffle(train)
+        rows.extend(train[:per_set] if per_set else train)
+    # the same goal can appear in two sets: keep its first occurrence
+    seen: set[str] = set()
+    unique = []
+    for r in rows:
+        key = " ".join(r.prompt.lower().split())
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return unique
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    prompt: str
+    harmful: bool
+    kind: str
+    prefill: str
+
+
+def plan(rows: list[PromptRow], n_benign: int, seed: int) -> list[Job]:
+    """Which responses to produce, deterministically from ``seed``."""
+    rng = random.Random(seed)
+    jobs: list[Job] = []
+    for r in rows:
+        jobs.append(Job(f"{r.id}/policy", r.prompt, True, "policy", ""))
+        jobs.append(Job(f"{r.id}/prefill", r.prompt, True, "policy-prefill", rng.choice(OPENERS)))
+        if rng.random() < 0.5:
+            jobs.append(Job(f"{r.id}/refusal", r.prompt, True, "refusal", ""))
+    benign = benign_prompts()
+    rng.shuffle(benign)
+    for i, p in enumerate(benign[:n_benign]):
+        jobs.append(Job(f"benign-{i:04d}/policy", p, False, "benign", ""))
+    return jobs
+
+
+def read_corpus(path: Path) -> list[CorpusItem]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [CorpusItem(**json.loads(line)) for line in fh if line.strip()]
+
+
+def _batches(items: list[Job], size: int) -> Iterator[list[Job]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def build_corpus(
+    policy: Policy,
+    path: Path,
+    *,
+    seed: int = 0,
+    per_set: int | None = None,
+    n_benign: int = 200,
+    max_new_tokens: int = 40,
+    prefill_tokens: int = 10,
+    batch_size: int = 32,
+) -> list[CorpusItem]:
+    """Produce (or finish producing) the corpus at ``path``; return all its items."""
+    jobs = plan(training_prompts(seed, per_set), n_benign, seed)
+    done = {it.id for it in read_corpus(path)}
+    todo = [j for j in jobs if j.id not in done]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"refusals:{seed}")
+    cfg = SearchConfig(max_new_tokens=max_new_tokens, min_new_tokens=0, top_p=0.9, seed=seed)
+    chat = policy.chat
+    eos = min(chat.eos_ids)
+    with open(path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="corpus") as bar:
+        for b, batch in enumerate(_batches(todo, batch_size)):
+            items: list[CorpusItem] = []
+            sampled = [j for j in batch if j.kind != "refusal"]
+            seqs = [
+                chat.sequence(j.prompt, prefill_tokens=chat.encode(j.prefill)[:prefill_tokens])
+                for j in sampled
+            ]
+            temp = 0.7 if b % 2 == 0 else 1.0
+            outs = decode_batch(
+                policy,
+                seqs,
+                replace(cfg, temperature=temp),
+                greedy=False,
+                gen=generator(cfg, salt=len(done) + b),
+            )
+            policy.backend.clear()
+            for j, s in zip(sampled, outs, strict=True):
+                items.append(_item(j, s.prefill, s.generated, chat.decode))
+            for j in batch:
+                if j.kind == "refusal":
+                    toks = (*chat.encode(refusal(rng)), eos)
+                    items.append(_item(j, (), toks, chat.decode))
+            for it in items:
+                out.write(json.dumps(asdict(it), ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(batch))
+    return read_corpus(path)
+
+
+def _item(
+    job: Job,
+    prefill: tuple[int, ...],
+    response: tuple[int, ...],
+    decode: Callable[[tuple[int, ...]], str],
+) -> CorpusItem:
+    return CorpusItem(
+        id=job.id,
+        prompt=job.prompt,
+        harmful=job.harmful,
+        kind=job.kind,
+        prefill=decode(prefill) if prefill else "",
+        prefill_tokens=list(prefill),
+        response_tokens=list(response),
+        response=decode(response),
+    )

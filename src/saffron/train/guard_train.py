@@ -1,0 +1,237 @@
+"""Training ``smol-guard``: SmolLM2-135M + LoRA, a verdict at every response position.
+
+Data (see :func:`guard_examples`):
+
+* the response corpus (:mod:`saffron.train.corpus`): the policy's own answers to harmful
+  prompts with and without a compliance prefill, written refusals, answers to benign prompts —
+  labelled by :func:`rule_unsafe`;
+* the train part of PyRIT's human-labelled (objective, response, score) rows, labelled by the
+  human score (harmful ⇔ mean score ≥ 0.5). The other part is held out for validation.
+
+Objective: logistic loss on reward = logit(" safe") − logit(" unsafe") (label safe ⇒ reward > 0)
+at the final position, plus half the mean loss over every response prefix with the same label —
+a process reward that estimates, after each token, whether the finished answer will be unsafe.
+LoRA sits on the upper layers only, so the backward pass stops halfway down the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from saffron.data import ScorerRow, is_refusal, load_scorer_rows
+from saffron.errors import SaffronError
+from saffron.lm.models import LoadedModel
+from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
+from saffron.train.corpus import CorpusItem
+
+HUMAN_HELDOUT_FRACTION = 0.3
+MAX_PROMPT_TOKENS = 96
+MAX_RESPONSE_TOKENS = 128
+
+
+def rule_unsafe(harmful_prompt: bool, response: str) -> bool:
+    """The labelling rule for responses without a human label.
+
+    Unsafe ⇔ the prompt is harmful AND the response is not a refusal (garak's refusal phrases,
+    :func:`saffron.data.is_refusal`) AND it says something (non-blank). Answers to benign prompts
+    are safe; an empty answer is safe.
+    """
+    return harmful_prompt and bool(response.strip()) and not is_refusal(response)
+
+
+def human_heldout(row: ScorerRow) -> bool:
+    """Whether a human-labelled row is held out for validation (stable hash of its text)."""
+    key = f"{row.objective}\x00{row.response}".encode()
+    return int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 < HUMAN_HELDOUT_FRACTION
+
+
+@dataclass(frozen=True)
+class GuardExample:
+    prompt: tuple[int, ...]
+    response: tuple[int, ...]
+    unsafe: bool
+    source: str
+
+
+def guard_examples(
+    corpus: list[CorpusItem],
+    encode: Callable[[str], list[int]],
+    *,
+    human: bool = True,
+) -> list[GuardExample]:
+    """Training examples: corpus items by the rule, human rows (train part) by their label."""
+    out = [
+        GuardExample(
+            tuple(encode(it.prompt))[:MAX_PROMPT_TOKENS],
+            tuple(it.response_tokens)[:MAX_RESPONSE_TOKENS],
+            rule_unsafe(it.harmful, it.response),
+            it.kind,
+        )
+        for it in corpus
+    ]
+    if human:
+        for row in load_scorer_rows():
+            if row.harmful is None or human_heldout(row):
+                continue
+            out.append(
+                GuardExample(
+                    tuple(encode(row.objective))[:MAX_PROMPT_TOKENS],
+                    tuple(encode(row.response))[:MAX_RESPONSE_TOKENS],
+                    bool(row.harmful),
+                    "human",
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class GuardTrainConfig:
+    seed: int = 0
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 3e-4
+    rank: int = 16
+    alpha: int = 32
+    first_layer: int = 14  # LoRA on layers first_layer … last
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
+            raise SaffronError("epochs, batch size, learning rate and rank must be positive")
+
+
+def _batch(
+    examples: list[GuardExample], prefix: tuple[int, ...], infix: tuple[int, ...], pad: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Right-padded ids (B, T), attention mask, response-position mask (B, T), final index."""
+    rows = [prefix + ex.prompt + infix + ex.response for ex in examples]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros(len(rows), width, dtype=torch.long)
+    resp = torch.zeros(len(rows), width, dtype=torch.bool)
+    last = torch.zeros(len(rows), dtype=torch.long)
+    for b, (r, ex) in enumerate(zip(rows, examples, strict=True)):
+        ids[b, : len(r)] = torch.tensor(r)
+        attn[b, : len(r)] = 1
+        resp[b, len(r) - len(ex.response) : len(r)] = True
+        last[b] = len(r) - 1  # the verdict of the whole answer (of the empty one: after infix)
+    return ids, attn, resp, last
+
+
+def train_guard(
+    base: LoadedModel, examples: list[GuardExample], out_dir: Path, cfg: GuardTrainConfig
+) -> dict[str, object]:
+    """Train the LoRA adapter and write it with ``meta.json`` to ``out_dir``."""
+    torch.manual_seed(cfg.seed)
+    tok = base.tokenizer
+    safe_id, unsafe_id = single_token(tok, " safe"), single_token(tok, " unsafe")
+    before, after = guard_template(tok, GUARD_SYSTEM)
+    prefix = tuple(tok.encode(before, add_special_tokens=False))
+    infix = tuple(tok.encode(after, add_special_tokens=False))
+    n_layers = int(base.model.config.num_hidden_layers)
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=0.0,
+        target_modules=list(cfg.targets),
+        layers_to_transform=list(range(cfg.first_layer, n_layers)),
+    )
+    model = get_peft_model(base.model, lora)
+    model.train()
+    decoder: nn.Module = base.model.base_model  # the decoder inside, now carrying LoRA layers
+    head_w = base.model.get_output_embeddings().weight.detach()
+    diff = (head_w[safe_id] - head_w[unsafe_id]).clone()  # reward = diff · h
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    order = list(range(len(examples)))
+    steps = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps)
+    )
+    t0, losses = time.perf_counter(), []
+    with tqdm(total=steps, desc="train-guard") as bar:
+        for _ in range(cfg.epochs):
+            batches = _length_grouped(order, examples, cfg.batch_size, rng)
+            for idx in batches:
+                batch = [examples[i] for i in idx]
+                ids, attn, resp, last = _batch(batch, prefix, infix, int(tok.pad_token_id or 0))
+                hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+                reward = hidden @ diff  # (B, T)
+                target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch])
+                final = reward[torch.arange(len(batch)), last]
+                loss_final = torch.nn.functional.binary_cross_entropy_with_logits(final, target)
+                per_pos = torch.nn.functional.binary_cross_entropy_with_logits(
+                    reward, target[:, None].expand_as(reward), reduction="none"
+                )
+                loss_proc = (per_pos * resp).sum() / resp.sum().clamp(min=1)
+                loss = loss_final + 0.5 * loss_proc
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                losses.append(float(loss))
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    # write next to the target, then swap: a failed run never leaves half an adapter
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    model.save_pretrained(str(tmp))
+    meta = {
+        "base": base.name,
+        "safe_token": " safe",
+        "unsafe_token": " unsafe",
+        "system": GUARD_SYSTEM,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "examples": len(examples),
+        "examples_by_source": _count(examples),
+        "steps": steps,
+        "final_loss_mean20": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return meta
+
+
+def _length_grouped(
+    order: list[int], examples: list[GuardExample], size: int, rng: random.Random
+) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding); batch order is random too."""
+    rng.shuffle(order)
+    window = size * 16
+    batches: list[list[int]] = []
+    for w in range(0, len(order), window):
+        chunk = sorted(
+            order[w : w + window],
+            key=lambda i: len(examples[i].prompt) + len(examples[i].response),
+        )
+        batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _count(examples: list[GuardExample]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for ex in examples:
+        d = out.setdefault(ex.source, {"safe": 0, "unsafe": 0})
+        d["unsafe" if ex.unsafe else "safe"] += 1
+    return out
