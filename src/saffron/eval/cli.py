@@ -1,0 +1,144 @@
+"""Subcommands ``eval``, ``compare`` and ``demo`` (registered by :mod:`saffron.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from saffron.errors import SaffronError
+from saffron.eval.run import EvalConfig
+
+DEMO = EvalConfig(
+    dataset="advbench",
+    methods=("greedy", "best-of-n", "saffron"),
+    budgets=(1, 2, 4, 8),
+    attack="prefill:10",
+    limit=12,
+)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _budgets(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"budgets must be integers like 1,2,4, got {text!r}"
+        ) from None
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ev = sub.add_parser(
+        "eval",
+        help="ASR vs compute: methods × budgets × prompts under an attack",
+        epilog="example: saffron eval --dataset advbench --methods greedy,best-of-n,saffron "
+        "--budgets 1,2,4 --attack prefill:10 --limit 20 --out runs/adv",
+    )
+    ev.add_argument("--dataset", required=True, help="a name from `saffron datasets` or a .jsonl")
+    ev.add_argument("--methods", required=True, type=_csv, help="comma-separated method names")
+    ev.add_argument(
+        "--budgets", default=(1, 2, 4), type=_budgets, help="comma-separated, e.g. 1,2,4"
+    )
+    ev.add_argument("--attack", default="prefill:10", help="none | prefill | prefill:K")
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--min-new-tokens", type=int, default=16)
+    ev.add_argument("--top-p", type=float, default=0.8)
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--limit", type=int, default=None, help="first n prompts")
+    ev.add_argument("--split", default="eval", help="eval (held out from training) | all")
+    ev.add_argument("--policy", default="smollm2-135m-instruct")
+    ev.add_argument("--guard", default="smol-guard")
+    ev.add_argument("--mrm", default="smol-mrm")
+    ev.add_argument("--out", required=True, help="output directory (resumable)")
+
+    cmp = sub.add_parser("compare", help="tables, matched-compute ASR, ScalEff and the plot")
+    cmp.add_argument("dir", help="an eval output directory")
+    cmp.add_argument("--reference", default="best-of-n", help="method to match compute to")
+    cmp.add_argument("--reference-budget", type=int, default=None, help="default: its largest")
+    cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
+
+    demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
+    demo.add_argument("--out", default="out/demo", help="output directory")
+
+
+def _config(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(
+        dataset=args.dataset,
+        methods=args.methods,
+        budgets=args.budgets,
+        attack=args.attack,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        limit=args.limit,
+        split=args.split,
+        policy=args.policy,
+        guard=args.guard,
+        mrm=args.mrm,
+    )
+
+
+def _run(cfg: EvalConfig, out: Path) -> str:
+    from saffron.eval.compare import report
+    from saffron.eval.run import run_eval
+    from saffron.eval.world import load_world
+
+    records = run_eval(cfg, out, load_world)
+    return report(records, out)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    text = _run(_config(args), Path(args.out))
+    print(text)
+    print(f"records, report and plot in {args.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from saffron.eval.compare import report
+    from saffron.eval.records import load_records
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise SaffronError(f"{out}: no such directory")
+    text = report(
+        load_records(out),
+        out,
+        reference=args.reference,
+        reference_budget=args.reference_budget,
+        tflop_lim=args.tflop_lim,
+    )
+    print(text)
+    print(f"metrics.json, report.md and asr_vs_tflop.png in {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    print(
+        f"Saffron demo: {DEMO.limit} held-out AdvBench prompts under a 10-token prefill attack; "
+        f"no defence vs Best-of-N vs Saffron-1 at budgets {list(DEMO.budgets)}.\n"
+        f"Results go to {out} (rerun to resume).",
+        flush=True,
+    )
+    text = _run(DEMO, out)
+    print(text)
+    print(f"report: {out / 'report.md'}\nplot:   {out / 'asr_vs_tflop.png'}")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "eval": cmd_eval,
+    "compare": cmd_compare,
+    "demo": cmd_demo,
+}

@@ -1,0 +1,92 @@
+"""The eval directory: its config, one JSON line per (prompt, method, budget), resumable.
+
+Layout of ``DIR``::
+
+    config.json     the run's configuration; a different config in the same DIR is refused
+    prefills.jsonl  the prefill chosen for each prompt (so a resumed run uses the same ones)
+    records.jsonl   one object per (prompt_id, method, budget), see docs/formats.md
+    metrics.json    written by ``saffron compare`` (and at the end of ``saffron eval``)
+
+Records are appended one whole line per ``write`` call and flushed to disk; a line cut short by
+a kill is dropped on the next start (that record is simply run again), so rerunning the same
+command resumes without duplicates and loses nothing that was completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from saffron.errors import SaffronError
+
+Key = tuple[str, str, int]
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def claim_dir(out: Path, config: dict[str, Any]) -> None:
+    """Create ``out`` with ``config``, or accept it if it holds the same config.
+
+    Raises SaffronError, before anything is written, when ``out`` holds another run.
+    """
+    path = out / "config.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise SaffronError(f"{path} is not valid JSON; use another --out") from None
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise SaffronError(
+                f"{out} holds a run with another config (differs in: {', '.join(diff)}); "
+                "use another --out or the same options"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise SaffronError(f"{out} is not empty and holds no Saffron run; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, config)
+
+
+class JsonlLog:
+    """An append-only JSON-lines file whose complete lines survive a kill."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.is_file():
+            raw = path.read_bytes()
+            keep = raw[: raw.rfind(b"\n") + 1]  # drop a trailing partial line
+            if len(keep) != len(raw):
+                with open(path, "r+b") as fh:
+                    fh.truncate(len(keep))
+            for lineno, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise SaffronError(f"{path}:{lineno}: corrupt record; remove it") from None
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        with open(self.path, "ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rows.append(row)
+
+
+def record_key(row: dict[str, Any]) -> Key:
+    return (str(row["prompt_id"]), str(row["method"]), int(row["budget"]))
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    path = out / "records.jsonl"
+    if not path.is_file():
+        raise SaffronError(f"{out} holds no records.jsonl; run `saffron eval --out {out}` first")
+    return JsonlLog(path).rows

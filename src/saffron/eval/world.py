@@ -1,0 +1,21 @@
+"""Loading the models an evaluation needs: the policy, the guard (always: it judges), the MRM
+(only when a method needs it)."""
+
+from __future__ import annotations
+
+from saffron.eval.run import EvalConfig
+from saffron.lm.models import load_model
+from saffron.lm.policy import make_policy
+from saffron.reward.loading import load_guard
+from saffron.search import World, get_method
+
+
+def load_world(cfg: EvalConfig) -> World:
+    policy = make_policy(load_model(cfg.policy))
+    guard = load_guard(cfg.guard, policy.chat.tokenizer)
+    mrm = None
+    if any(get_method(m).needs_mrm for m in cfg.methods):
+        from saffron.reward.mrm import load_mrm
+
+        mrm = load_mrm(cfg.mrm, policy)
+    return World(policy, guard=guard, mrm=mrm)

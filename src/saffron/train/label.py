@@ -1,0 +1,313 @@
+"""``saffron label``: the token-level reward dataset (our "Safety4M"; paper, Partial supervision).
+
+For every (prompt, response) of a corpus (:mod:`saffron.train.corpus`) and every prefix
+``response[: j + 1]`` — the last one ending with EOS when the response ended — the guard's
+process reward r_j = R(prompt, response[: j + 1]) from :meth:`Guard.score_prefixes`.
+
+Format (``LABEL_FORMAT`` = ``saffron-token-rewards/1``), a folder:
+
+* ``meta.json`` — ``format``, ``guard``, ``policy``, ``policy_vocab_hash`` (sha256 of the sorted
+  (token, id) pairs, :func:`saffron.reward.mrm.vocab_hash`), ``vocab_size``, ``corpus`` (path),
+  ``corpus_sha256``, ``count`` (items), ``shard_size``, ``max_prompt_tokens``, ``shards``,
+  ``complete``; rewritten atomically.
+* ``shard-00000.safetensors`` … — items ``[k·shard_size, (k+1)·shard_size)`` of the corpus, in
+  corpus order. Tensors: ``prompt_tokens`` int32 (flat), ``prompt_offsets`` int64 (n+1),
+  ``response_tokens`` int32 (flat), ``response_offsets`` int64 (n+1), ``rewards`` float32
+  (aligned with ``response_tokens``), ``harmful`` uint8 (n). Metadata (strings): ``ids`` and
+  ``kinds`` (JSON lists; kind is the corpus item's source kind). Item i's response is
+  ``response_tokens[response_offsets[i] : response_offsets[i+1]]``, and so on.
+
+Token ids are the POLICY's. Each shard is written to a temporary file and renamed, so a shard
+exists whole or not at all; a rerun keeps every valid shard and computes only the missing ones.
+A corrupt shard is reported by name and left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from saffron.errors import SaffronError
+from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
+from saffron.reward.base import Guard
+from saffron.reward.mrm import vocab_hash
+from saffron.train.corpus import CorpusItem, read_corpus
+from saffron.types import TokenSequence
+
+LABEL_FORMAT = "saffron-token-rewards/1"
+META = "meta.json"
+_ARRAYS = ("prompt_tokens", "prompt_offsets", "response_tokens", "response_offsets", "rewards")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    shard_size: int = 256  # corpus items per shard file
+    batch_size: int = 16  # items per guard call
+    max_prompt_tokens: int = 256  # longer prompts are cut (recorded in meta)
+
+    def __post_init__(self) -> None:
+        if min(self.shard_size, self.batch_size, self.max_prompt_tokens) < 1:
+            raise SaffronError("shard size, batch size and max prompt tokens must be positive")
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    """One labelled response: policy token ids and the guard's reward after each token."""
+
+    id: str
+    kind: str
+    harmful: bool
+    prompt: tuple[int, ...]
+    response: tuple[int, ...]
+    rewards: np.ndarray  # (len(response),) float32
+
+    def sequence(self) -> TokenSequence:
+        """As a sequence a reward model reads (no template, no prefill: those are theirs)."""
+        return TokenSequence((), self.prompt, (), (), self.response)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model name, without loading its weights."""
+    if name == TINY:
+        return byte_tokenizer()
+    path = str(ensure_smollm2()) if name == SMOLLM2 else name
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise SaffronError(f"could not load the tokenizer of {name!r}: {err}") from err
+
+
+def sha256_text(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- shards -----------------------------------------------------------------------------------
+
+
+def shard_path(folder: Path, k: int) -> Path:
+    return folder / f"shard-{k:05d}.safetensors"
+
+
+def _flat(rows: list[tuple[int, ...]] | list[np.ndarray], dtype: type) -> tuple[np.ndarray, ...]:
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    flat = np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if rows else np.zeros(0)
+    return flat.astype(dtype), offsets
+
+
+def write_shard(path: Path, items: list[LabelledItem]) -> None:
+    """Write ``items`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    p_tok, p_off = _flat([it.prompt for it in items], np.int32)
+    r_tok, r_off = _flat([it.response for it in items], np.int32)
+    rewards, _ = _flat([it.rewards for it in items], np.float32)
+    arrays = {
+        "prompt_tokens": p_tok,
+        "prompt_offsets": p_off,
+        "response_tokens": r_tok,
+        "response_offsets": r_off,
+        "rewards": rewards,
+        "harmful": np.array([it.harmful for it in items], dtype=np.uint8),
+    }
+    meta = {
+        "ids": json.dumps([it.id for it in items]),
+        "kinds": json.dumps([it.kind for it in items]),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_shard(path: Path) -> list[LabelledItem]:
+    """Items of one shard; SaffronError naming the file when it is corrupt or inconsistent."""
+    try:
+        with safe_open(str(path), "np") as fh:
+            meta = fh.metadata() or {}
+            arr = {k: fh.get_tensor(k) for k in (*_ARRAYS, "harmful")}
+        ids, kinds = json.loads(meta["ids"]), json.loads(meta["kinds"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as err:
+        raise SaffronError(f"label shard {path} is corrupt ({err}); delete it to redo it") from err
+    n = len(ids)
+    p_off, r_off = arr["prompt_offsets"], arr["response_offsets"]
+    if not (
+        len(kinds) == n == len(arr["harmful"]) == len(p_off) - 1 == len(r_off) - 1
+        and p_off[-1] == len(arr["prompt_tokens"])
+        and r_off[-1] == len(arr["response_tokens"]) == len(arr["rewards"])
+    ):
+        raise SaffronError(f"label shard {path} is corrupt (inconsistent sizes); delete it")
+    p_tok, r_tok, rew = arr["prompt_tokens"], arr["response_tokens"], arr["rewards"]
+    return [
+        LabelledItem(
+            id=ids[i],
+            kind=kinds[i],
+            harmful=bool(arr["harmful"][i]),
+            prompt=tuple(int(t) for t in p_tok[p_off[i] : p_off[i + 1]]),
+            response=tuple(int(t) for t in r_tok[r_off[i] : r_off[i + 1]]),
+            rewards=rew[r_off[i] : r_off[i + 1]].astype(np.float32),
+        )
+        for i in range(n)
+    ]
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+
+def _write_meta(folder: Path, meta: dict[str, object]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, folder / META)
+
+
+def read_meta(folder: Path) -> dict[str, object]:
+    path = folder / META
+    if not path.is_file():
+        raise SaffronError(f"{folder} is not a label dataset (no {META}); run `saffron label`")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SaffronError(f"{path} is corrupt: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != LABEL_FORMAT:
+        raise SaffronError(f"{path} is not a {LABEL_FORMAT} dataset")
+    return meta
+
+
+_IDENTITY = (
+    "format",
+    "guard",
+    "policy_vocab_hash",
+    "corpus_sha256",
+    "count",
+    "shard_size",
+    "max_prompt_tokens",
+)
+
+
+def _batches(items: list[CorpusItem], size: int) -> Iterator[list[CorpusItem]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def label_items(
+    guard: Guard,
+    items: list[CorpusItem],
+    encode: Callable[[str], list[int]],
+    cfg: LabelConfig,
+) -> list[LabelledItem]:
+    """Label ``items`` with ``guard``, ``cfg.batch_size`` per call; the guard's cache is
+    cleared after each call (items share nothing but a template, and memory stays bounded)."""
+    out: list[LabelledItem] = []
+    for batch in _batches(items, cfg.batch_size):
+        prompts = [tuple(encode(it.prompt))[: cfg.max_prompt_tokens] for it in batch]
+        seqs = [
+            TokenSequence((), p, (), tuple(it.prefill_tokens), tuple(it.response_tokens))
+            for p, it in zip(prompts, batch, strict=True)
+        ]
+        rewards = guard.score_prefixes(seqs)
+        guard.backend.clear()
+        for it, s, r in zip(batch, seqs, rewards, strict=True):
+            values = r.detach().float().cpu().numpy().reshape(-1)
+            out.append(LabelledItem(it.id, it.kind, it.harmful, s.prompt, s.generated, values))
+    return out
+
+
+def label_corpus(
+    guard: Guard,
+    policy_tokenizer: PreTrainedTokenizerBase,
+    corpus_path: Path,
+    out_dir: Path,
+    cfg: LabelConfig,
+    *,
+    guard_name: str,
+    policy_name: str,
+) -> dict[str, object]:
+    """Label (or finish labelling) ``corpus_path`` into ``out_dir``; return the metadata.
+
+    Refuses an empty corpus, an ``out_dir`` built from another corpus/guard/tokenizer/config,
+    and a corrupt shard — each before writing anything.
+    """
+    if not corpus_path.is_file():
+        raise SaffronError(f"corpus file {corpus_path} does not exist")
+    items = read_corpus(corpus_path)
+    if not items:
+        raise SaffronError(f"corpus file {corpus_path} is empty; nothing to label")
+    n_shards = -(-len(items) // cfg.shard_size)
+    meta: dict[str, object] = {
+        "format": LABEL_FORMAT,
+        "guard": guard_name,
+        "policy": policy_name,
+        "policy_vocab_hash": vocab_hash(policy_tokenizer),
+        "vocab_size": len(policy_tokenizer),
+        "corpus": str(corpus_path),
+        "corpus_sha256": sha256_text(corpus_path),
+        "count": len(items),
+        "shard_size": cfg.shard_size,
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "shards": n_shards,
+        "complete": False,
+    }
+    if (out_dir / META).is_file():
+        old = read_meta(out_dir)
+        diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
+        if diff:
+            raise SaffronError(
+                f"{out_dir} holds labels made with a different {', '.join(diff)}; "
+                "choose another --out or delete it"
+            )
+    done = [k for k in range(n_shards) if shard_path(out_dir, k).is_file()]
+    for k in done:  # validate every kept shard before computing anything
+        ids = [it.id for it in read_shard(shard_path(out_dir, k))]
+        want = [it.id for it in items[k * cfg.shard_size : (k + 1) * cfg.shard_size]]
+        if ids != want:
+            raise SaffronError(f"label shard {shard_path(out_dir, k)} does not match the corpus")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_meta(out_dir, meta)
+    encode = lambda t: policy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    todo = [k for k in range(n_shards) if k not in set(done)]
+    t0 = time.perf_counter()
+    with tqdm(total=len(items), initial=len(items) - _count(todo, cfg, items), desc="label") as bar:
+        for k in todo:
+            part = items[k * cfg.shard_size : (k + 1) * cfg.shard_size]
+            write_shard(shard_path(out_dir, k), label_items(guard, part, encode, cfg))
+            bar.update(len(part))
+    meta.update(complete=True, label_seconds=round(time.perf_counter() - t0, 1))
+    _write_meta(out_dir, meta)
+    return meta
+
+
+def _count(todo: list[int], cfg: LabelConfig, items: list[CorpusItem]) -> int:
+    return sum(len(items[k * cfg.shard_size : (k + 1) * cfg.shard_size]) for k in todo)
+
+
+def read_labels(folder: Path) -> tuple[dict[str, object], list[LabelledItem]]:
+    """The metadata and every item of a complete label dataset, in corpus order."""
+    meta = read_meta(folder)
+    if not meta.get("complete"):
+        raise SaffronError(f"the labels in {folder} are incomplete; rerun `saffron label`")
+    items: list[LabelledItem] = []
+    for k in range(int(str(meta["shards"]))):
+        path = shard_path(folder, k)
+        if not path.is_file():
+            raise SaffronError(f"label shard {path} is missing; rerun `saffron label`")
+        items.extend(read_shard(path))
+    if len(items) != meta["count"]:
+        raise SaffronError(
+            f"the labels in {folder} hold {len(items)} items, meta says {meta['count']}"
+        )
+    return meta, items

@@ -1,0 +1,311 @@
+"""``saffron train-mrm``: the MRM trained by partial supervision (paper Eq. 5).
+
+Data: a token-level reward dataset (:mod:`saffron.train.label`). For a response s (policy
+tokens) with guard rewards r_j = R(s[0 : j+1]), the loss is the squared error on the observed
+next token only::
+
+    L = mean_j ( M(s[0:j])[s_j] − r_j )²        for every j = 0 … len(s) − 1
+
+where ``M(s[0:j])`` is the reward vector read at the position just before token j — for j = 0
+the last position of the template infix. One causal forward per sequence gives every prefix's
+hidden state at once; only the entry of the observed token is needed, so the head is applied as
+``W[s_j]·h + b[s_j]`` (:meth:`RewardHead.gather`) instead of over the whole vocabulary.
+
+Optimisation: mini-batches of ``batch_size`` whole sequences (paper: 4), shuffled every epoch
+and grouped by length inside windows of 16 batches (less padding); the loss is the mean over
+every supervised token of the batch. AdamW with lr 1e-4 (paper), no weight decay — decay would
+move even never-supervised bias entries, which Proposition 1 says must stay put. Trainable:
+LoRA (r 4 on q_proj, v_proj by default) and the head bias, which the forward pass really uses
+(the released code trained a head its forward never called). The head weight stays frozen.
+
+Split: items whose prompt group (the id before ``/``: all responses to one prompt) hashes below
+``holdout`` are held out — never trained on, and scored by ``bench/mrm_fit.py``.
+Unseen mask (Eq. 7): tokens that never occur as a response token of a training item. EOS is
+supervised, since corpus responses that finished end with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from saffron.errors import SaffronError
+from saffron.lm.models import LoadedModel
+from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
+from saffron.train.label import LabelledItem
+
+
+@dataclass(frozen=True)
+class MRMTrainConfig:
+    seed: int = 0
+    epochs: int = 1
+    batch_size: int = 4
+    lr: float = 1e-4
+    rank: int = 4
+    alpha: int = 4
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    holdout: float = 0.1
+    max_steps: int | None = None  # stop early (smoke runs); None = all epochs
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
+            raise SaffronError("epochs, batch size, learning rate and rank must be positive")
+        if not 0.0 <= self.holdout < 1.0:
+            raise SaffronError(f"holdout must be in [0, 1), got {self.holdout}")
+        if not self.targets:
+            raise SaffronError("LoRA needs at least one target module")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SaffronError(f"max_steps must be positive, got {self.max_steps}")
+
+
+def is_heldout(item_id: str, fraction: float) -> bool:
+    """Whether an item is held out: a stable hash of its prompt group (id before ``/``)."""
+    group = item_id.split("/", 1)[0]
+    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+
+
+def split(items: list[LabelledItem], fraction: float) -> tuple[list[LabelledItem], ...]:
+    """(train, held-out); items with an empty response are dropped (nothing to supervise)."""
+    live = [it for it in items if it.response]
+    return (
+        [it for it in live if not is_heldout(it.id, fraction)],
+        [it for it in live if is_heldout(it.id, fraction)],
+    )
+
+
+def unseen_mask(items: list[LabelledItem], vocab: int) -> Tensor:
+    """(vocab,) bool: True for tokens never supervised as a next token in ``items``."""
+    seen = torch.zeros(vocab, dtype=torch.bool)
+    for it in items:
+        seen[list(it.response)] = True
+    return ~seen
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded mini-batch and the flat index of every supervised (position, token, reward)."""
+
+    ids: Tensor  # (B, T) long, right-padded
+    attention: Tensor  # (B, T) long
+    row: Tensor  # (N,) which sequence
+    pos: Tensor  # (N,) position whose reward vector predicts the token
+    token: Tensor  # (N,) the observed next token s_j
+    target: Tensor  # (N,) float32 r_j
+
+
+def make_batch(items: list[LabelledItem], layout: Layout, pad: int) -> Batch:
+    seqs = [layout.tokens(it.sequence()) for it in items]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros(len(seqs), width, dtype=torch.long)
+    row: list[int] = []
+    pos: list[int] = []
+    token: list[int] = []
+    target: list[float] = []
+    for b, (s, it) in enumerate(zip(seqs, items, strict=True)):
+        ids[b, : len(s)] = torch.tensor(s)
+        attention[b, : len(s)] = 1
+        start = layout.response_start(it.sequence())
+        n = len(it.response)
+        row += [b] * n
+        pos += range(start - 1, start - 1 + n)  # the position before token j predicts it
+        token += it.response
+        target += [float(x) for x in it.rewards]
+    return Batch(
+        ids,
+        attention,
+        torch.tensor(row),
+        torch.tensor(pos),
+        torch.tensor(token),
+        torch.tensor(target, dtype=torch.float32),
+    )
+
+
+class MRMTrainer:
+    """LoRA + reward head on a guard backbone (mutated: LoRA layers are injected into it)."""
+
+    def __init__(self, backbone: LoadedModel, layout: Layout, cfg: MRMTrainConfig) -> None:
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.layout, self.backbone = cfg, layout, backbone
+        lora = LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(cfg.targets)
+        )
+        try:
+            self.peft: PeftModel = get_peft_model(backbone.model, lora)
+        except ValueError as err:
+            raise SaffronError(f"LoRA targets {list(cfg.targets)} do not fit: {err}") from err
+        self.decoder: nn.Module = backbone.model.base_model  # the decoder, with LoRA layers
+        head = backbone.model.get_output_embeddings()
+        vocab = int(head.weight.shape[0])
+        # A new bias, zero-initialised: unsupervised entries stay exactly 0 (Proposition 1).
+        self.head = RewardHead(head.weight, torch.zeros(vocab))
+        self.params = [p for p in self.peft.parameters() if p.requires_grad] + [self.head.bias]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.pad = int(backbone.tokenizer.pad_token_id or 0)
+        self.device = next(backbone.model.parameters()).device
+
+    @property
+    def vocab(self) -> int:
+        return self.head.out_features
+
+    def predict(self, batch: Batch) -> Tensor:
+        """M(s[0:j])[s_j] for every supervised (row, j) of ``batch``: (N,)."""
+        dev = self.device
+        hidden = self.decoder(
+            input_ids=batch.ids.to(dev), attention_mask=batch.attention.to(dev)
+        ).last_hidden_state  # (B, T, d)
+        h = hidden[batch.row.to(dev), batch.pos.to(dev)]  # (N, d)
+        return self.head.gather(h, batch.token.to(dev))
+
+    def backward(self, batch: Batch) -> float:
+        """Accumulate gradients of the partial-supervision loss (Eq. 5); returns the loss."""
+        self.peft.train()
+        loss = torch.mean((self.predict(batch) - batch.target.to(self.device)) ** 2)
+        loss.backward()
+        return float(loss)
+
+    def step(self, batch: Batch) -> float:
+        """One AdamW step on ``batch``; returns the loss before the step."""
+        loss = self.backward(batch)
+        self.opt.step()
+        self.opt.zero_grad()
+        return loss
+
+    def predictions(self, items: list[LabelledItem], batch_size: int = 8) -> list[Tensor]:
+        """Training-time forward (no grad) for each item: (len(response),) float32."""
+        self.peft.eval()
+        out: list[Tensor] = []
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                part = items[i : i + batch_size]
+                flat = self.predict(make_batch(part, self.layout, self.pad)).cpu()
+                out.extend(torch.split(flat, [len(it.response) for it in part]))
+        return out
+
+    def fit(self, items: list[LabelledItem]) -> list[float]:
+        """Train on ``items`` for ``cfg.epochs`` (or ``cfg.max_steps``); per-step losses."""
+        cfg = self.cfg
+        rng = random.Random(cfg.seed)
+        steps = cfg.epochs * math.ceil(len(items) / cfg.batch_size)
+        if cfg.max_steps is not None:
+            steps = min(steps, cfg.max_steps)
+        losses: list[float] = []
+        with tqdm(total=steps, desc="train-mrm") as bar:
+            for _ in range(cfg.epochs):
+                for idx in _shuffled_batches(items, cfg.batch_size, rng):
+                    if len(losses) == steps:
+                        return losses
+                    batch = make_batch([items[i] for i in idx], self.layout, self.pad)
+                    losses.append(self.step(batch))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        return losses
+
+    def save(self, out_dir: Path, unseen: Tensor, meta: dict[str, object]) -> None:
+        """Write adapter, bias, unseen mask and meta.json; swap into ``out_dir`` at the end."""
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        try:
+            self.peft.save_pretrained(str(tmp))
+            save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
+            save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            old = None
+            if out_dir.exists():
+                old = out_dir.parent / f".{out_dir.name}-old-{os.getpid()}"
+                os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+def _shuffled_batches(items: list[LabelledItem], size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length inside windows of 16 batches; batch order random."""
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    window = size * 16
+    batches: list[list[int]] = []
+    for w in range(0, len(order), window):
+        chunk = sorted(
+            order[w : w + window], key=lambda i: len(items[i].prompt) + len(items[i].response)
+        )
+        batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
+    rng.shuffle(batches)
+    return batches
+
+
+def check_labels(label_meta: dict[str, object], vocab_hash: str, vocab: int, policy: str) -> None:
+    """Refuse labels built for another tokenizer than the policy's, or a backbone whose head
+    does not cover the policy's vocabulary."""
+    theirs = str(label_meta.get("policy_vocab_hash"))
+    if theirs != vocab_hash:
+        raise SaffronError(
+            f"the labels were built for the tokenizer of {label_meta.get('policy')!r} (hash "
+            f"{theirs[:12]}…), not for {policy!r} (hash {vocab_hash[:12]}…); label again with "
+            "this policy"
+        )
+    if int(str(label_meta.get("vocab_size"))) > vocab:
+        raise SaffronError(
+            f"the labels use a vocabulary of {label_meta.get('vocab_size')} tokens but the "
+            f"backbone's head has {vocab}"
+        )
+
+
+def train_mrm(
+    backbone: LoadedModel,
+    layout: Layout,
+    items: list[LabelledItem],
+    out_dir: Path,
+    cfg: MRMTrainConfig,
+    info: dict[str, object],
+) -> dict[str, object]:
+    """Train on the train split of ``items`` and write the MRM folder; return its meta.
+
+    ``info`` is merged into ``meta.json`` (base guard, policy, vocab hash, labels path …).
+    """
+    train, held = split(items, cfg.holdout)
+    if not train:
+        raise SaffronError("no training items (every response is empty or held out)")
+    t0 = time.perf_counter()
+    trainer = MRMTrainer(backbone, layout, cfg)
+    losses = trainer.fit(train)
+    unseen = unseen_mask(train, trainer.vocab)
+    meta: dict[str, object] = {
+        "format": MRM_FORMAT,
+        **info,
+        "layout": layout.to_dict(),
+        "vocab_size": trainer.vocab,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "split": {"rule": "sha256(id before '/')[:8] / 16**8 < holdout", "holdout": cfg.holdout},
+        "train_items": len(train),
+        "train_tokens": sum(len(it.response) for it in train),
+        "heldout_items": len(held),
+        "unseen_tokens": int(unseen.sum()),
+        "steps": len(losses),
+        "first_loss_mean50": _mean(losses[:50]),
+        "final_loss_mean50": _mean(losses[-50:]),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    trainer.save(out_dir, unseen, meta)
+    return meta
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
