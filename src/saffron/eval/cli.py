@@ -32,7 +32,7 @@ def _budgets(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval",
         help="ASR vs compute: methods × budgets × prompts under an attack",

@@ -70,6 +70,8 @@ def load_guard(
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
             system=meta.get("system", GUARD_SYSTEM),
+            safe_word=meta.get("safe_token", " safe"),
+            unsafe_word=meta.get("unsafe_token", " unsafe"),
         )
     if name == LLAMA_GUARD or "/" in name:
         loaded = load_model(name)

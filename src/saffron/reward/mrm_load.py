@@ -26,9 +26,18 @@ from torch import Tensor
 from saffron.errors import SaffronError
 from saffron.lm.backend import TrieBackend
 from saffron.lm.models import LoadedModel
+from saffron.lm.policy import Policy
 from saffron.reward.guard import ReadoutGuard
 from saffron.reward.loading import ARTIFACTS, load_guard
-from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM, MRM_FORMAT, UNSEEN_FILE, Layout
+from saffron.reward.mrm import (
+    BIAS_FILE,
+    META_FILE,
+    MRM,
+    MRM_FORMAT,
+    UNSEEN_FILE,
+    Layout,
+    vocab_hash,
+)
 from saffron.reward.released import is_released, load_released, released_layout
 
 SMOL_MRM = "smol-mrm"
@@ -118,14 +127,19 @@ def load_trained(
 
 def load_mrm(
     name: str,
+    policy: Policy | None = None,
     *,
     policy_vocab: int | None = None,
     policy_vocab_hash: str | None = None,
     kv_budget: int | None = None,
 ) -> MRM:
     """An MRM by name (``smol-mrm``) or folder; refused when it does not score the policy's
-    vocabulary (``policy_vocab`` size, and ``policy_vocab_hash`` when the folder records one).
+    vocabulary: ``policy`` (its head size and tokenizer), or ``policy_vocab`` (size) and
+    ``policy_vocab_hash`` (checked when the folder records one).
     """
+    if policy is not None:
+        policy_vocab = policy.vocab_size
+        policy_vocab_hash = vocab_hash(policy.chat.tokenizer)
     folder = mrm_dir(name) if name == SMOL_MRM else Path(name).expanduser()
     if name == SMOL_MRM and not (folder / META_FILE).is_file():
         raise SaffronError(

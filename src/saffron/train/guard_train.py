@@ -109,6 +109,8 @@ class GuardTrainConfig:
     alpha: int = 32
     first_layer: int = 14  # LoRA on layers first_layer … last
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+    safe_word: str = " safe"
+    unsafe_word: str = " unsafe"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
@@ -139,7 +141,7 @@ def train_guard(
     """Train the LoRA adapter and write it with ``meta.json`` to ``out_dir``."""
     torch.manual_seed(cfg.seed)
     tok = base.tokenizer
-    safe_id, unsafe_id = single_token(tok, " safe"), single_token(tok, " unsafe")
+    safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
     before, after = guard_template(tok, GUARD_SYSTEM)
     prefix = tuple(tok.encode(before, add_special_tokens=False))
     infix = tuple(tok.encode(after, add_special_tokens=False))
@@ -149,7 +151,7 @@ def train_guard(
         lora_alpha=cfg.alpha,
         lora_dropout=0.0,
         target_modules=list(cfg.targets),
-        layers_to_transform=list(range(cfg.first_layer, n_layers)),
+        layers_to_transform=list(range(min(cfg.first_layer, n_layers - 1), n_layers)),
     )
     model = get_peft_model(base.model, lora)
     model.train()
@@ -186,7 +188,7 @@ def train_guard(
                 opt.step()
                 sched.step()
                 opt.zero_grad()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     # write next to the target, then swap: a failed run never leaves half an adapter
@@ -195,8 +197,8 @@ def train_guard(
     model.save_pretrained(str(tmp))
     meta = {
         "base": base.name,
-        "safe_token": " safe",
-        "unsafe_token": " unsafe",
+        "safe_token": cfg.safe_word,
+        "unsafe_token": cfg.unsafe_word,
         "system": GUARD_SYSTEM,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
         "examples": len(examples),

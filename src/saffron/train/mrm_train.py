@@ -13,10 +13,16 @@ hidden state at once; only the entry of the observed token is needed, so the hea
 
 Optimisation: mini-batches of ``batch_size`` whole sequences (paper: 4), shuffled every epoch
 and grouped by length inside windows of 16 batches (less padding); the loss is the mean over
-every supervised token of the batch. AdamW with lr 1e-4 (paper), no weight decay — decay would
-move even never-supervised bias entries, which Proposition 1 says must stay put. Trainable:
-LoRA (r 4 on q_proj, v_proj by default) and the head bias, which the forward pass really uses
-(the released code trained a head its forward never called). The head weight stays frozen.
+every supervised token of the batch. AdamW, no weight decay — decay would move even
+never-supervised bias entries, which Proposition 1 says must stay put. Trainable: LoRA (r 4 on
+q_proj, v_proj of every layer by default; lr 1e-4 as in the paper) and the head bias, which the
+forward pass really uses (the released code's forward never called its biased head). The head
+weight stays frozen.
+
+The bias starts at zero and has its own learning rate (``bias_lr``, default 1e-2): an entry
+gets a gradient only in steps where its token is a target, and Adam moves a parameter by about
+lr per step, so at 1e-4 a bias entry could not travel the reward scale (±10) within one epoch.
+The paper's bias learning rate is unknown — its released bias is still at initialisation.
 
 Split: items whose prompt group (the id before ``/``: all responses to one prompt) hashes below
 ``holdout`` are held out — never trained on, and scored by ``bench/mrm_fit.py``.
@@ -36,6 +42,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -54,16 +61,25 @@ class MRMTrainConfig:
     seed: int = 0
     epochs: int = 1
     batch_size: int = 4
-    lr: float = 1e-4
+    lr: float = 1e-4  # LoRA (paper)
+    bias_lr: float = 1e-2  # head bias (see module doc)
     rank: int = 4
     alpha: int = 4
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    first_layer: int = 0  # LoRA on layers first_layer … last (0: all, as the paper)
     holdout: float = 0.1
     max_steps: int | None = None  # stop early (smoke runs); None = all epochs
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
-            raise SaffronError("epochs, batch size, learning rate and rank must be positive")
+        if (
+            self.epochs < 1
+            or self.batch_size < 1
+            or self.rank < 1
+            or min(self.lr, self.bias_lr) <= 0
+        ):
+            raise SaffronError("epochs, batch size, learning rates and rank must be positive")
+        if self.first_layer < 0:
+            raise SaffronError(f"first_layer must be ≥ 0, got {self.first_layer}")
         if not 0.0 <= self.holdout < 1.0:
             raise SaffronError(f"holdout must be in [0, 1), got {self.holdout}")
         if not self.targets:
@@ -141,8 +157,15 @@ class MRMTrainer:
     def __init__(self, backbone: LoadedModel, layout: Layout, cfg: MRMTrainConfig) -> None:
         torch.manual_seed(cfg.seed)
         self.cfg, self.layout, self.backbone = cfg, layout, backbone
+        n_layers = int(backbone.model.config.num_hidden_layers)
+        if cfg.first_layer >= n_layers:
+            raise SaffronError(f"first_layer {cfg.first_layer} ≥ the backbone's {n_layers} layers")
         lora = LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(cfg.targets)
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=0.0,
+            target_modules=list(cfg.targets),
+            layers_to_transform=list(range(cfg.first_layer, n_layers)),
         )
         try:
             self.peft: PeftModel = get_peft_model(backbone.model, lora)
@@ -153,8 +176,16 @@ class MRMTrainer:
         vocab = int(head.weight.shape[0])
         # A new bias, zero-initialised: unsupervised entries stay exactly 0 (Proposition 1).
         self.head = RewardHead(head.weight, torch.zeros(vocab))
-        self.params = [p for p in self.peft.parameters() if p.requires_grad] + [self.head.bias]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        lora_params = [p for p in self.peft.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [
+            {"params": lora_params},
+            {"params": [self.head.bias], "lr": cfg.bias_lr},
+        ]
+        self.opt = torch.optim.AdamW(
+            groups,
+            lr=cfg.lr,
+            weight_decay=0.0,
+        )
         self.pad = int(backbone.tokenizer.pad_token_id or 0)
         self.device = next(backbone.model.parameters()).device
 
@@ -176,7 +207,7 @@ class MRMTrainer:
         self.peft.train()
         loss = torch.mean((self.predict(batch) - batch.target.to(self.device)) ** 2)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     def step(self, batch: Batch) -> float:
         """One AdamW step on ``batch``; returns the loss before the step."""

@@ -1,0 +1,45 @@
+"""Guard training on the tiny model: it learns a separable toy rule and loads back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from saffron.lm.models import load_model
+from saffron.reward.loading import load_guard
+from saffron.train.guard_train import GuardExample, GuardTrainConfig, train_guard
+from saffron.types import TokenSequence
+
+
+def test_tiny_guard_learns_and_loads(tmp_path: Path) -> None:
+    base = load_model("tiny-random-llama")
+    enc = lambda t: tuple(base.tokenizer.encode(t, add_special_tokens=False))  # noqa: E731
+    examples = [
+        GuardExample(enc(f"question {i}"), enc("zz" * (2 + i % 3)), True, "toy") for i in range(12)
+    ] + [
+        GuardExample(enc(f"question {i}"), enc("aa" * (2 + i % 3)), False, "toy") for i in range(12)
+    ]
+    cfg = GuardTrainConfig(
+        epochs=6,
+        batch_size=4,
+        lr=5e-3,
+        rank=4,
+        alpha=8,
+        first_layer=0,
+        safe_word="s",
+        unsafe_word="u",
+    )
+    out = tmp_path / "guard"
+    meta = train_guard(base, examples, out, cfg)
+    assert (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "meta.json").read_text())["examples"] == 24
+    assert meta["examples_by_source"] == {"toy": {"safe": 12, "unsafe": 12}}
+
+    guard = load_guard(str(out))
+    seqs = [TokenSequence((), enc("question 99"), (), (), enc(r)) for r in ("aaaaaa", "zzzzzz")]
+    safe, unsafe = guard.score(seqs).tolist()
+    assert safe > 0 > unsafe
+    prefixes = guard.score_prefixes(seqs[1:])[0]
+    assert torch.isfinite(prefixes).all() and prefixes[-1] == torch.tensor(unsafe)
