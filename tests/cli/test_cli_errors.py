@@ -73,6 +73,8 @@ def test_generate_json_on_tiny(capsys: pytest.CaptureFixture[str]) -> None:
         "--json",
         "--max-new-tokens",
         "5",
+        "--min-new-tokens",
+        "0",
     )
     assert code == 0
     rec = json.loads(out)

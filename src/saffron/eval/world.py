@@ -15,7 +15,7 @@ def load_world(cfg: EvalConfig) -> World:
     guard = load_guard(cfg.guard, policy.chat.tokenizer)
     mrm = None
     if any(get_method(m).needs_mrm for m in cfg.methods):
-        from saffron.reward.mrm import load_mrm
+        from saffron.reward.mrm_load import load_mrm
 
         mrm = load_mrm(cfg.mrm, policy)
     return World(policy, guard=guard, mrm=mrm)

@@ -33,7 +33,6 @@ from transformers import PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
 from saffron.lm.backend import Backend
-from saffron.lm.policy import Policy
 from saffron.reward.base import MultifurcationRM
 from saffron.types import Tokens, TokenSequence
 
@@ -185,11 +184,3 @@ class MRM(MultifurcationRM):
             full = self.backend.apply_head(h, self.head)  # (L, V), FLOPs counted
             out.append(full.float().gather(1, tok[:, None]).squeeze(1).cpu())
         return out
-
-
-def load_mrm(name: str, policy: Policy | None = None, *, kv_budget: int | None = None) -> MRM:
-    """An MRM by name or folder, checked against ``policy``'s vocabulary
-    (:func:`saffron.reward.mrm_load.load_mrm`, which has the details)."""
-    from saffron.reward.mrm_load import load_mrm as load  # the loaders import this module
-
-    return load(name, policy, kv_budget=kv_budget)

@@ -195,6 +195,8 @@ def train_guard(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     model.save_pretrained(str(tmp))
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's generic model card
+    tmp.chmod(0o755)
     meta = {
         "base": base.name,
         "safe_token": cfg.safe_word,

@@ -252,6 +252,8 @@ class MRMTrainer:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
         try:
             self.peft.save_pretrained(str(tmp))
+            (tmp / "README.md").unlink(missing_ok=True)  # PEFT's generic model card
+            tmp.chmod(0o755)
             save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
             save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

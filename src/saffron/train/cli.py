@@ -1,0 +1,186 @@
+"""Subcommands ``train-guard``, ``label`` and ``train-mrm`` (registered by :mod:`saffron.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from saffron.errors import SaffronError
+
+DEFAULT_POLICY = "smollm2-135m-instruct"
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    tg = sub.add_parser("train-guard", help="train the embedded smol-guard (LoRA on SmolLM2)")
+    tg.add_argument("--seed", type=_int, default=0)
+    tg.add_argument("--epochs", type=_int, default=1)
+    tg.add_argument("--per-set", type=_int, default=None, help="harmful prompts per set")
+    tg.add_argument("--benign", type=_int, default=200, help="benign prompts in the corpus")
+    tg.add_argument("--no-human", action="store_true", help="skip the human-labelled rows")
+    tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
+
+    lab = sub.add_parser(
+        "label",
+        help="token-level reward dataset: the guard's reward after every response token",
+        description="Label every prefix of every corpus response with the guard's process "
+        "reward (resumable: rerun to finish). Example: saffron label --guard smol-guard",
+    )
+    lab.add_argument("--guard", default="smol-guard", help="guard name or adapter folder")
+    lab.add_argument(
+        "--policy", default=DEFAULT_POLICY, help="policy whose tokens the corpus holds"
+    )
+    lab.add_argument("--corpus", default=None, help="corpus JSONL (default: the embedded one)")
+    lab.add_argument("--out", default=None, help="output folder (default: in the user cache)")
+    lab.add_argument("--shard-size", type=_int, default=256, help="items per shard file")
+    lab.add_argument("--batch-size", type=_int, default=16, help="items per guard call")
+
+    tm = sub.add_parser(
+        "train-mrm",
+        help="train a multifurcation reward model by partial supervision",
+        description="Train the MRM (LoRA + reward-head bias on the guard) on a label dataset "
+        "by partial supervision. Example: saffron train-mrm  (labels of `saffron label` with its "
+        "defaults -> src/saffron/artifacts/smol-mrm)",
+    )
+    tm.add_argument("--labels", default=None, help="label folder (default: the embedded one)")
+    tm.add_argument("--guard", default=None, help="backbone guard (default: the labels' guard)")
+    tm.add_argument("--policy", default=None, help="policy (default: the labels' policy)")
+    tm.add_argument("--out", default=None, help="output folder (default: embedded smol-mrm)")
+    tm.add_argument("--epochs", type=_int, default=1)
+    tm.add_argument("--batch-size", type=_int, default=4, help="sequences per step")
+    tm.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate (paper)")
+    tm.add_argument("--bias-lr", type=float, default=1e-2, help="head-bias learning rate")
+    tm.add_argument("--rank", type=_int, default=4, help="LoRA rank")
+    tm.add_argument("--alpha", type=_int, default=4, help="LoRA alpha")
+    tm.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules")
+    tm.add_argument("--first-layer", type=_int, default=0, help="LoRA on layers from this one")
+    tm.add_argument("--holdout", type=float, default=0.1, help="held-out fraction of prompts")
+    tm.add_argument("--max-steps", type=_int, default=None, help="stop after this many steps")
+    tm.add_argument("--seed", type=_int, default=0)
+
+
+def cmd_train_guard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saffron.lm.models import SMOLLM2, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import cache_dir
+    from saffron.reward.loading import adapter_dir
+    from saffron.train.corpus import build_corpus
+    from saffron.train.guard_train import GuardTrainConfig, guard_examples, train_guard
+
+    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs)
+    out = Path(args.out) if args.out else adapter_dir("smol-guard")
+    policy = make_policy(load_model(SMOLLM2))
+    suffix = f"-per{args.per_set}" if args.per_set else ""
+    corpus_path = cache_dir() / "corpus" / f"{SMOLLM2}-seed{args.seed}{suffix}.jsonl"
+    corpus = build_corpus(
+        policy, corpus_path, seed=args.seed, per_set=args.per_set, n_benign=args.benign
+    )
+    del policy
+    base = load_model(SMOLLM2)
+    examples = guard_examples(
+        corpus,
+        lambda t: base.tokenizer.encode(t, add_special_tokens=False),
+        human=not args.no_human,
+    )
+    meta = train_guard(base, examples, out, cfg)
+    print(json.dumps(meta, indent=2))
+    print(f"smol-guard written to {out}")
+    return 0
+
+
+def _default_corpus() -> str:
+    from saffron.lm.models import SMOLLM2
+    from saffron.paths import cache_dir
+
+    return str(cache_dir() / "corpus" / f"{SMOLLM2}-seed0.jsonl")
+
+
+def _default_labels(guard: str, corpus: str) -> str:
+    from pathlib import Path
+
+    from saffron.paths import cache_dir
+
+    return str(cache_dir() / "labels" / f"{Path(guard).name}--{Path(corpus).stem}")
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saffron.reward.loading import load_guard
+    from saffron.train.label import LabelConfig, label_corpus, load_tokenizer, read_corpus
+
+    cfg = LabelConfig(shard_size=args.shard_size, batch_size=args.batch_size)
+    corpus = Path(args.corpus or _default_corpus()).expanduser()
+    out = Path(args.out or _default_labels(args.guard, str(corpus))).expanduser()
+    if not corpus.is_file():
+        raise SaffronError(f"corpus file {corpus} does not exist")
+    if not read_corpus(corpus):  # fail before loading any model
+        raise SaffronError(f"corpus file {corpus} is empty; nothing to label")
+    tok = load_tokenizer(args.policy)
+    guard = load_guard(args.guard, tok)
+    meta = label_corpus(
+        guard, tok, corpus, out, cfg, guard_name=args.guard, policy_name=args.policy
+    )
+    print(json.dumps(meta, indent=2))
+    print(f"labels written to {out}")
+    return 0
+
+
+def cmd_train_mrm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saffron.reward.mrm import vocab_hash
+    from saffron.reward.mrm_load import guard_backbone, mrm_dir
+    from saffron.train.label import load_tokenizer, read_labels
+    from saffron.train.mrm_train import MRMTrainConfig, check_labels, train_mrm
+
+    cfg = MRMTrainConfig(
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        bias_lr=args.bias_lr,
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+        first_layer=args.first_layer,
+        holdout=args.holdout,
+        max_steps=args.max_steps,
+    )
+    labels = Path(args.labels or _default_labels("smol-guard", _default_corpus())).expanduser()
+    meta, items = read_labels(labels)
+    guard = args.guard or str(meta["guard"])
+    policy = args.policy or str(meta["policy"])
+    policy_hash = vocab_hash(load_tokenizer(policy))
+    check_labels(meta, policy_hash, int(str(meta["vocab_size"])), policy)  # before loading
+    backbone, layout = guard_backbone(guard)
+    vocab = int(backbone.model.get_output_embeddings().out_features)
+    check_labels(meta, policy_hash, vocab, policy)
+    out = Path(args.out).expanduser() if args.out else mrm_dir()
+    info: dict[str, object] = {
+        "base_guard": guard,
+        "policy": policy,
+        "policy_vocab_hash": policy_hash,
+        "labels": str(labels),
+        "label_items": len(items),
+    }
+    result = train_mrm(backbone, layout, items, out, cfg, info)
+    print(json.dumps(result, indent=2))
+    print(f"MRM written to {out}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train-guard": cmd_train_guard,
+    "label": cmd_label,
+    "train-mrm": cmd_train_mrm,
+}
