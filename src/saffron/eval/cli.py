@@ -15,7 +15,7 @@ DEMO = EvalConfig(
     methods=("greedy", "best-of-n", "saffron"),
     budgets=(1, 2, 4, 8),
     attack="prefill:10",
-    limit=12,
+    limit=10,
 )
 
 
