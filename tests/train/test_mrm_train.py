@@ -146,7 +146,6 @@ def test_train_mrm_writes_artifacts_and_meta(guard, corpus, tmp_path: Path) -> N
     info = {"base_guard": "tiny-guard", "policy": "tiny-random-llama", "policy_vocab_hash": "h"}
     meta = train_mrm(tiny_backbone(), layout(guard), items, out, cfg, info)
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md",  # written by PEFT
         "adapter_config.json",
         "adapter_model.safetensors",
         "head_bias.safetensors",
