@@ -199,3 +199,21 @@ def test_metrics_and_report(tmp_path: Path) -> None:
     assert "| saffron | 0.400 |" in text
     assert (tmp_path / "asr_vs_tflop.png").stat().st_size > 1000
     assert json.loads((tmp_path / "metrics.json").read_text())["matched"]["tflop"] == 4.0
+
+
+def test_method_budgets_override(dataset: Path, tmp_path: Path) -> None:
+    cfg = config(
+        dataset,
+        methods=("greedy", "best-of-n", "rejection"),
+        budgets=(1, 2),
+        method_budgets=(("rejection", (3,)),),
+    )
+    recs = run_eval(cfg, tmp_path / "r", lambda c: tiny_world())
+    got = sorted({(r["method"], r["budget"]) for r in recs})
+    assert got == [("best-of-n", 1), ("best-of-n", 2), ("greedy", 1), ("rejection", 3)]
+    with pytest.raises(
+        SaffronError, match="budgets given for 'beam', which is not among the methods"
+    ):
+        config(dataset, method_budgets=(("beam", (1,)),))
+    with pytest.raises(SaffronError, match="budgets must be positive integers, got \\[0\\]"):
+        config(dataset, method_budgets=(("rejection", (0,)),))

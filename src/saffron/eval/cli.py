@@ -44,6 +44,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--budgets", default=(1, 2, 4), type=_budgets, help="comma-separated, e.g. 1,2,4"
     )
+    ev.add_argument(
+        "--method-budgets",
+        action="append",
+        default=[],
+        metavar="METHOD=B1,B2",
+        help="budgets for one method instead of --budgets, e.g. mcts=1,2 (repeatable)",
+    )
     ev.add_argument("--attack", default="prefill:10", help="none | prefill | prefill:K")
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--min-new-tokens", type=int, default=16)
@@ -83,7 +90,18 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         policy=args.policy,
         guard=args.guard,
         mrm=args.mrm,
+        method_budgets=tuple(_method_budgets(x) for x in args.method_budgets),
     )
+
+
+def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip():
+        raise SaffronError(f"--method-budgets expects METHOD=B1,B2, got {text!r}")
+    try:
+        return name.strip(), _budgets(values)
+    except argparse.ArgumentTypeError as err:
+        raise SaffronError(str(err)) from None
 
 
 def _run(cfg: EvalConfig, out: Path) -> str:

@@ -43,14 +43,19 @@ class EvalConfig:
     policy: str = "smollm2-135m-instruct"
     guard: str = "smol-guard"
     mrm: str = "smol-mrm"
+    method_budgets: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per-method overrides
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise SaffronError("no methods given")
         for m in self.methods:
             get_method(m)
-        if not self.budgets or any(b < 1 for b in self.budgets):
-            raise SaffronError(f"budgets must be positive integers, got {list(self.budgets)}")
+        for budgets in (self.budgets, *(b for _, b in self.method_budgets)):
+            if not budgets or any(b < 1 for b in budgets):
+                raise SaffronError(f"budgets must be positive integers, got {list(budgets)}")
+        for name, _ in self.method_budgets:
+            if name not in self.methods:
+                raise SaffronError(f"budgets given for {name!r}, which is not among the methods")
         parse_attack(self.attack)
         if self.split not in ("all", "eval"):
             raise SaffronError(f"split must be 'all' or 'eval', got {self.split!r}")
@@ -71,6 +76,7 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["methods"], d["budgets"] = list(self.methods), list(self.budgets)
+        d["method_budgets"] = {m: list(b) for m, b in self.method_budgets}
         return d
 
 
@@ -85,8 +91,11 @@ def select_rows(cfg: EvalConfig) -> list[PromptRow]:
 
 
 def budgets_for(cfg: EvalConfig, method: str) -> tuple[int, ...]:
-    """Methods without a budget knob run once (budget 1)."""
-    return (1,) if method in ("greedy", "sample") else cfg.budgets
+    """The method's own budgets if given, else the run's; methods without a budget knob run
+    once (budget 1)."""
+    if method in ("greedy", "sample"):
+        return (1,)
+    return dict(cfg.method_budgets).get(method, cfg.budgets)
 
 
 def choose_prefill(world: World, row: PromptRow, attack: Attack, cfg: EvalConfig) -> list[int]:
