@@ -80,6 +80,13 @@ class EvalConfig:
         return d
 
 
+def weights_of(cfg: EvalConfig) -> dict[str, str | None]:
+    """Fingerprints of the guard and MRM weights the run uses (see ``fingerprint``)."""
+    from saffron.reward.loading import fingerprint
+
+    return {"guard": fingerprint(cfg.guard), "mrm": fingerprint(cfg.mrm)}
+
+
 def select_rows(cfg: EvalConfig) -> list[PromptRow]:
     rows = load_prompts(cfg.dataset)
     if cfg.split == "eval":
@@ -123,7 +130,7 @@ def run_eval(
     """Run (or resume) the evaluation into ``out``; return all records."""
     attack = parse_attack(cfg.attack)
     rows = select_rows(cfg)
-    claim_dir(out, cfg.to_dict())
+    claim_dir(out, {**cfg.to_dict(), "weights": weights_of(cfg)})
     records = JsonlLog(out / "records.jsonl")
     done = {record_key(r) for r in records.rows}
     todo = [

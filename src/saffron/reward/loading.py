@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +26,20 @@ GUARDS = {
 
 def adapter_dir(name: str) -> Path:
     return ARTIFACTS / name
+
+
+def fingerprint(name: str) -> str | None:
+    """sha256 over the weight files of an embedded artifact (``smol-guard``, ``smol-mrm``) or a
+    local folder; None for names that are not folders here (hub ids). Lets an eval run refuse
+    to resume with different weights under the same name."""
+    folder = ARTIFACTS / name if (ARTIFACTS / name).is_dir() else Path(name).expanduser()
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def merged_adapter(base_name: str, folder: Path, name: str) -> LoadedModel:
