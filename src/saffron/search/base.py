@@ -12,18 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from saffron.errors import SaffronError
 from saffron.lm.backend import Backend
 from saffron.lm.policy import Policy
+from saffron.reward.base import Guard, MultifurcationRM
 from saffron.types import Compute, TokenSequence
-
-
-class RewardModel(Protocol):
-    """What a search needs of a reward model: the backend it runs on (for compute)."""
-
-    backend: Backend
 
 
 @dataclass
@@ -31,8 +26,8 @@ class World:
     """The models a search may call. ``guard`` and ``mrm`` are optional per method."""
 
     policy: Policy
-    guard: Any | None = None
-    mrm: Any | None = None
+    guard: Guard | None = None
+    mrm: MultifurcationRM | None = None
 
     def backends(self) -> dict[str, Backend]:
         roles: dict[str, Backend] = {"policy": self.policy.backend}
