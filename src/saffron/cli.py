@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from saffron.errors import SaffronError
+from saffron.errors import integer as _int
 from saffron.eval import cli as eval_cli
 from saffron.train import cli as train_cli
 
@@ -31,14 +32,6 @@ EXAMPLES = """examples:
   saffron models
   saffron demo
 """
-
-
-def _int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

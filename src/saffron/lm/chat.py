@@ -15,7 +15,25 @@ from transformers import PreTrainedTokenizerBase
 from saffron.errors import SaffronError
 from saffron.types import TokenSequence
 
-_SENTINEL = "\x00SAFFRON-PROMPT\x00"
+SENTINEL = "\x00SAFFRON-SLOT\x00"
+
+
+def split_template(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool,
+) -> tuple[str, str]:
+    """Render ``messages`` with the tokenizer's chat template and split it around the one
+    message whose content is :data:`SENTINEL`: (text before it, text after it)."""
+    rendered = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert isinstance(rendered, str)
+    if rendered.count(SENTINEL) != 1:
+        raise SaffronError("the chat template does not place the message exactly once")
+    before, after = rendered.split(SENTINEL)
+    return before, after
 
 
 @dataclass(frozen=True)
@@ -38,13 +56,9 @@ class ChatFormat:
     ) -> ChatFormat:
         if not getattr(tokenizer, "chat_template", None):
             raise SaffronError("the tokenizer has no chat template; pass a chat model")
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        prefix, infix = split_template(
+            tokenizer, [{"role": "user", "content": SENTINEL}], add_generation_prompt=True
         )
-        assert isinstance(rendered, str)
-        if rendered.count(_SENTINEL) != 1:
-            raise SaffronError("the chat template does not place the user message exactly once")
-        prefix, infix = rendered.split(_SENTINEL)
         eos = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
         eos.update(extra_eos)
         return cls(tokenizer, prefix, infix, frozenset(eos), max_context)

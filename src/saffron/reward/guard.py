@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
 from saffron.lm.backend import Backend
+from saffron.lm.chat import SENTINEL, split_template
 from saffron.reward.base import Guard
 from saffron.types import TokenSequence
 
@@ -106,15 +107,11 @@ class ReadoutGuard(Guard):
 
 def guard_template(tokenizer: PreTrainedTokenizerBase, system: str) -> tuple[str, str]:
     """(text before the prompt, text between prompt and answer) of a ChatML-style judge turn."""
-    sentinel = "\x00PROMPT\x00"
-    text = tokenizer.apply_chat_template(
-        [{"role": "system", "content": system}, {"role": "user", "content": sentinel}],
-        tokenize=False,
+    return split_template(
+        tokenizer,
+        [{"role": "system", "content": system}, {"role": "user", "content": SENTINEL}],
         add_generation_prompt=True,
     )
-    assert isinstance(text, str) and text.count(sentinel) == 1
-    before, after = text.split(sentinel)
-    return before, after
 
 
 class SuffixGuard(Guard):
@@ -145,16 +142,11 @@ class SuffixGuard(Guard):
 
     def render(self, prompt: str, response: str) -> tuple[str, str, str]:
         """(text up to the response, the response, text after it) of the guard's input."""
-        sentinel = "\x00RESPONSE\x00"
-        text = self.tok.apply_chat_template(
-            [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": sentinel},
-            ],
-            tokenize=False,
+        before, after = split_template(
+            self.tok,
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": SENTINEL}],
+            add_generation_prompt=False,
         )
-        assert isinstance(text, str) and text.count(sentinel) == 1
-        before, after = text.split(sentinel)
         return before, response, after
 
     def tokens(self, prompt: str, response: str) -> tuple[int, ...]:

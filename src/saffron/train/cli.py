@@ -7,15 +7,9 @@ import json
 from collections.abc import Callable
 
 from saffron.errors import SaffronError
+from saffron.errors import integer as _int
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
