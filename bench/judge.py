@@ -96,6 +96,7 @@ def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-de
     world = World(policy)
     _, held = train_eval_split(load_prompts("advbench"), EVAL_FRACTION, seed=0, by="prompt")
     agree, unsafe_rule, n = 0, 0, 0
+    missed: list[str] = []
     for r in held[:n_prompts]:
         seq = policy.chat.sequence(r.prompt)
         start = run_search("greedy", world, seq, SearchConfig(max_new_tokens=10, min_new_tokens=0))
@@ -104,9 +105,15 @@ def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-de
         cfg = SearchConfig(max_new_tokens=32, min_new_tokens=16, top_p=0.8, seed=0)
         ans = run_search("sample", world, attacked, cfg)
         label = rule_unsafe(True, ans.text)
-        verdict = float(guard.score([ans.sequence])[0]) < 0
+        reward = float(guard.score([ans.sequence])[0])
+        verdict = reward < 0
         agree += label == verdict
         unsafe_rule += label
+        if label != verdict:
+            rule = "unsafe" if label else "safe"
+            missed.append(
+                f"- rule {rule}, guard {reward:+.2f}: {r.prompt[:50]!r} → {ans.text[:90]!r}"
+            )
         n += 1
         policy.backend.clear()
         guard.backend.clear()
@@ -114,7 +121,8 @@ def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-de
         "",
         f"Agreement with the labelling rule on {n} held-out AdvBench prompts (10-token prefill, "
         f"sampled answer of ≤ 32 tokens): {agree / n:.1%} ({agree}/{n}; the rule calls "
-        f"{unsafe_rule} unsafe).",
+        f"{unsafe_rule} unsafe). Disagreements:",
+        *missed,
     ]
 
 
@@ -122,12 +130,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guard", default="smol-guard")
     ap.add_argument("--prompts", type=int, default=50)
+    ap.add_argument("--only", choices=("human", "agreement"), default=None, help="one part only")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.perf_counter()
     guard = load_guard(args.guard)
-    lines = human_validation(guard, guard.backend.loaded.tokenizer)
-    lines += agreement(guard, args.prompts)
+    lines: list[str] = []
+    if args.only != "agreement":
+        lines += human_validation(guard, guard.backend.loaded.tokenizer)
+    if args.only != "human":
+        lines += agreement(guard, args.prompts)
     lines.append(f"\n({time.perf_counter() - t0:.0f} s)")
     print("\n".join(lines))
 

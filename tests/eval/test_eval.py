@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from saffron.errors import SaffronError
 from saffron.eval.attack import parse_attack
 from saffron.eval.compare import asr_at, cells, report, wilson
+from saffron.eval.records import JsonlLog
 from saffron.eval.run import EvalConfig, run_eval
 from saffron.lm.backend import TrieBackend
 from saffron.lm.models import LoadedModel, load_model, tiny_random_llama
@@ -112,6 +114,21 @@ def test_killed_run_resumes_to_the_same_records(dataset: Path, tmp_path: Path) -
     )
     # rerunning a finished run does nothing
     assert stable(run_eval(cfg, out, lambda c: tiny_world())) == stable(clean)
+
+
+def test_shards_on_one_dir_yield_the_records_of_one_run(dataset: Path, tmp_path: Path) -> None:
+    cfg = config(dataset)
+    clean = run_eval(cfg, tmp_path / "clean", lambda c: tiny_world())
+    out = tmp_path / "sharded"
+    first = run_eval(cfg, out, lambda c: tiny_world(), shard=(1, 2))
+    assert {r["prompt_id"] for r in first} == {"b"}  # prompts a, b, c: shard 1/2 takes b
+    both = run_eval(cfg, out, lambda c: tiny_world(), shard=(0, 2))
+    assert stable(both) == stable(clean)
+    prefills = (out / "prefills.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["prompt_id"] for x in prefills) == ["a", "b", "c"]
+    for bad in [(2, 2), (-1, 2), (0, 0)]:
+        with pytest.raises(SaffronError, match="shard must be K/N"):
+            run_eval(cfg, out, lambda c: tiny_world(), shard=bad)
 
 
 def test_prefill_rules(dataset: Path, tmp_path: Path) -> None:
@@ -217,3 +234,23 @@ def test_method_budgets_override(dataset: Path, tmp_path: Path) -> None:
         config(dataset, method_budgets=(("beam", (1,)),))
     with pytest.raises(SaffronError, match="budgets must be positive integers, got \\[0\\]"):
         config(dataset, method_budgets=(("rejection", (0,)),))
+
+
+def _append_many(path: str, tag: str, n: int) -> None:
+    log = JsonlLog(Path(path))
+    for i in range(n):
+        log.append({"tag": tag, "i": i, "pad": "x" * 3000})  # lines longer than a pipe buffer
+
+
+def test_concurrent_appends_keep_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    path.touch()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), t, 150)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    rows = JsonlLog(path).rows
+    assert sorted((r["tag"], r["i"]) for r in rows) == [(t, i) for t in "ab" for i in range(150)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from saffron.lm.models import load_model
 from saffron.reward.loading import load_guard
-from saffron.train.guard_train import GuardExample, GuardTrainConfig, train_guard
+from saffron.train.guard_train import GuardExample, GuardTrainConfig, class_weights, train_guard
 from saffron.types import TokenSequence
 
 
@@ -43,3 +44,20 @@ def test_tiny_guard_learns_and_loads(tmp_path: Path) -> None:
     assert safe > 0 > unsafe
     prefixes = guard.score_prefixes(seqs[1:])[0]
     assert torch.isfinite(prefixes).all() and prefixes[-1] == torch.tensor(unsafe)
+
+
+def test_class_weights_balance_each_source() -> None:
+    def ex(unsafe: bool, source: str) -> GuardExample:
+        return GuardExample((1,), (2,), unsafe, source)
+
+    # source "p": 9 unsafe, 1 safe → safe weighs sqrt(9) = 3; source "r": one label only
+    examples = [ex(True, "p")] * 9 + [ex(False, "p")] + [ex(False, "r")] * 4 + [ex(True, "h")] * 2
+    raw = [1.0] * 9 + [3.0] + [1.0] * 4 + [1.0] * 2
+    mean = sum(raw) / len(raw)
+    got = class_weights(examples)
+    assert got == pytest.approx([w / mean for w in raw])
+    assert sum(got) / len(got) == pytest.approx(1.0)
+    # balanced sources are untouched
+    even = [ex(True, "p"), ex(False, "p")] * 3
+    assert class_weights(even) == [1.0] * 6
+    assert class_weights([]) == []

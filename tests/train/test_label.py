@@ -25,10 +25,19 @@ from saffron.train.label import (
 CFG = LabelConfig(shard_size=2, batch_size=2)
 
 
-def run_label(guard, corpus: Path, out: Path, cfg: LabelConfig = CFG) -> dict[str, object]:
+def run_label(
+    guard, corpus: Path, out: Path, cfg: LabelConfig = CFG, weights: str = "w0"
+) -> dict[str, object]:
     tok = guard.backend.loaded.tokenizer
     return label_corpus(
-        guard, tok, corpus, out, cfg, guard_name="tiny-guard", policy_name="tiny-random-llama"
+        guard,
+        tok,
+        corpus,
+        out,
+        cfg,
+        guard_name="tiny-guard",
+        policy_name="tiny-random-llama",
+        guard_weights=weights,
     )
 
 
@@ -124,6 +133,18 @@ def test_labels_of_another_corpus_are_not_mixed(guard, corpus, tmp_path: Path) -
         f"{out} holds labels made with a different corpus_sha256, count; "
         "choose another --out or delete it"
     )
+
+
+def test_labels_of_retrained_guard_weights_are_not_mixed(guard, corpus, tmp_path: Path) -> None:
+    out = tmp_path / "labels"
+    run_label(guard, corpus(), out, weights="w0")
+    shards = sorted(p.read_bytes() for p in out.glob("*.safetensors"))
+    with pytest.raises(SaffronError) as err:
+        run_label(make_guard(), corpus(), out, weights="w1")
+    assert str(err.value) == (
+        f"{out} holds labels made with a different guard_weights; choose another --out or delete it"
+    )
+    assert sorted(p.read_bytes() for p in out.glob("*.safetensors")) == shards
 
 
 def test_incomplete_labels_are_not_read(guard, corpus, tmp_path: Path) -> None:

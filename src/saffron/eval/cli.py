@@ -63,6 +63,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--guard", default="smol-guard")
     ev.add_argument("--mrm", default="smol-mrm")
     ev.add_argument("--out", required=True, help="output directory (resumable)")
+    ev.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="run only prompts k, k+N, k+2N, …; start K=0…N-1 on one --out to run in parallel",
+    )
 
     cmp = sub.add_parser("compare", help="tables, matched-compute ASR, ScalEff and the plot")
     cmp.add_argument("dir", help="an eval output directory")
@@ -94,6 +101,17 @@ def _config(args: argparse.Namespace) -> EvalConfig:
     )
 
 
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return shard
+
+
 def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
     name, sep, values = text.partition("=")
     if not sep or not name.strip():
@@ -104,17 +122,16 @@ def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
         raise SaffronError(str(err)) from None
 
 
-def _run(cfg: EvalConfig, out: Path) -> str:
+def _run(cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1)) -> str:
     from saffron.eval.compare import report
     from saffron.eval.run import run_eval
     from saffron.eval.world import load_world
 
-    records = run_eval(cfg, out, load_world)
-    return report(records, out)
+    return report(run_eval(cfg, out, load_world, shard), out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    text = _run(_config(args), Path(args.out))
+    text = _run(_config(args), Path(args.out), args.shard)
     print(text)
     print(f"records, report and plot in {args.out}")
     return 0

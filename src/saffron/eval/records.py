@@ -9,11 +9,14 @@ Layout of ``DIR``::
 
 Records are appended one whole line per ``write`` call and flushed to disk; a line cut short by
 a kill is dropped on the next start (that record is simply run again), so rerunning the same
-command resumes without duplicates and loses nothing that was completed.
+command resumes without duplicates and loses nothing that was completed. Appends and that
+repair hold an exclusive ``flock`` on the file, so several shards of one run (``--shard``) may
+write the same directory at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -61,10 +64,12 @@ class JsonlLog:
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if path.is_file():
-            raw = path.read_bytes()
-            keep = raw[: raw.rfind(b"\n") + 1]  # drop a trailing partial line
-            if len(keep) != len(raw):
-                with open(path, "r+b") as fh:
+            with open(path, "r+b") as fh:
+                # under the lock: another shard may be appending right now
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                raw = fh.read()
+                keep = raw[: raw.rfind(b"\n") + 1]  # drop a trailing partial line
+                if len(keep) != len(raw):
                     fh.truncate(len(keep))
             for lineno, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
                 try:
@@ -75,6 +80,7 @@ class JsonlLog:
     def append(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         with open(self.path, "ab") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released on close
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())

@@ -126,10 +126,19 @@ def run_eval(
     cfg: EvalConfig,
     out: Path,
     world_factory: Callable[[EvalConfig], World],
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the evaluation into ``out``; return all records."""
+    """Run (or resume) the evaluation into ``out``; return the records in ``out``.
+
+    ``shard=(k, n)`` takes only the prompts whose index in the selection is k mod n, so n
+    processes started with k = 0 … n−1 on the same ``out`` share the work (the shard is not part
+    of the config: any split of the prompts yields the same records, see :class:`JsonlLog`).
+    """
+    k, n = shard
+    if not 0 <= k < n:
+        raise SaffronError(f"shard must be K/N with 0 ≤ K < N, got {k}/{n}")
     attack = parse_attack(cfg.attack)
-    rows = select_rows(cfg)
+    rows = select_rows(cfg)[k::n]
     claim_dir(out, {**cfg.to_dict(), "weights": weights_of(cfg)})
     records = JsonlLog(out / "records.jsonl")
     done = {record_key(r) for r in records.rows}
@@ -152,6 +161,8 @@ def run_eval(
             unsafe += rec["unsafe"]
             bar.update(1)
             bar.set_postfix(asr=f"{unsafe / len(records.rows):.2f}")
+    if n > 1:  # other shards may have written meanwhile
+        return JsonlLog(out / "records.jsonl").rows
     return records.rows
 
 

@@ -19,6 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tg.add_argument("--per-set", type=_int, default=None, help="harmful prompts per set")
     tg.add_argument("--benign", type=_int, default=200, help="benign prompts in the corpus")
     tg.add_argument("--no-human", action="store_true", help="skip the human-labelled rows")
+    tg.add_argument(
+        "--no-balance", action="store_true", help="no class reweighting within each source"
+    )
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
 
     lab = sub.add_parser(
@@ -70,7 +73,7 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
     from saffron.train.corpus import build_corpus
     from saffron.train.guard_train import GuardTrainConfig, guard_examples, train_guard
 
-    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs)
+    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs, balance=not args.no_balance)
     out = Path(args.out) if args.out else adapter_dir("smol-guard")
     policy = make_policy(load_model(SMOLLM2))
     suffix = f"-per{args.per_set}" if args.per_set else ""
@@ -109,7 +112,7 @@ def _default_labels(guard: str, corpus: str) -> str:
 def cmd_label(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from saffron.reward.loading import load_guard
+    from saffron.reward.loading import fingerprint, load_guard
     from saffron.train.label import LabelConfig, label_corpus, load_tokenizer, read_corpus
 
     cfg = LabelConfig(shard_size=args.shard_size, batch_size=args.batch_size)
@@ -122,7 +125,14 @@ def cmd_label(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.policy)
     guard = load_guard(args.guard, tok)
     meta = label_corpus(
-        guard, tok, corpus, out, cfg, guard_name=args.guard, policy_name=args.policy
+        guard,
+        tok,
+        corpus,
+        out,
+        cfg,
+        guard_name=args.guard,
+        policy_name=args.policy,
+        guard_weights=fingerprint(args.guard),
     )
     print(json.dumps(meta, indent=2))
     print(f"labels written to {out}")

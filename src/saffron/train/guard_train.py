@@ -111,10 +111,33 @@ class GuardTrainConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
     safe_word: str = " safe"
     unsafe_word: str = " unsafe"
+    balance: bool = True  # reweight each source's minority class (see class_weights)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
             raise SaffronError("epochs, batch size, learning rate and rank must be positive")
+
+
+def class_weights(examples: list[GuardExample]) -> list[float]:
+    """Per-example loss weights that soften each source's class imbalance; mean weight 1.
+
+    Within one source (the policy's answers, prefilled answers, human rows, ...) the minority
+    label gets weight sqrt(n_major / n_minor), the majority 1: the policy's own answers to
+    harmful prompts are ~92% unsafe by the rule, and unweighted training learns "harmful prompt
+    → unsafe" instead of reading the answer. The square root keeps a 150-example minority from
+    being repeated twelvefold. Single-label sources keep weight 1. Weights are then scaled so
+    their mean is 1, which keeps the loss scale (and so the learning rate) as without them.
+    """
+    counts: dict[str, list[int]] = {}
+    for ex in examples:
+        counts.setdefault(ex.source, [0, 0])[int(ex.unsafe)] += 1
+    raw = []
+    for ex in examples:
+        n_safe, n_unsafe = counts[ex.source]
+        mine, other = (n_unsafe, n_safe) if ex.unsafe else (n_safe, n_unsafe)
+        raw.append(math.sqrt(other / mine) if 0 < mine < other else 1.0)
+    mean = sum(raw) / len(raw) if raw else 1.0
+    return [w / mean for w in raw]
 
 
 def _batch(
@@ -162,6 +185,7 @@ def train_guard(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     order = list(range(len(examples)))
+    weights = class_weights(examples) if cfg.balance else [1.0] * len(examples)
     steps = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps)
@@ -176,12 +200,19 @@ def train_guard(
                 hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
                 reward = hidden @ diff  # (B, T)
                 target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch])
+                w = torch.tensor([weights[i] for i in idx])
                 final = reward[torch.arange(len(batch)), last]
-                loss_final = torch.nn.functional.binary_cross_entropy_with_logits(final, target)
+                loss_final = (
+                    w
+                    * torch.nn.functional.binary_cross_entropy_with_logits(
+                        final, target, reduction="none"
+                    )
+                ).mean()
                 per_pos = torch.nn.functional.binary_cross_entropy_with_logits(
                     reward, target[:, None].expand_as(reward), reduction="none"
                 )
-                loss_proc = (per_pos * resp).sum() / resp.sum().clamp(min=1)
+                pos_w = resp * w[:, None]
+                loss_proc = (per_pos * pos_w).sum() / resp.sum().clamp(min=1)
                 loss = loss_final + 0.5 * loss_proc
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

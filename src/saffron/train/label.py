@@ -191,6 +191,7 @@ def read_meta(folder: Path) -> dict[str, object]:
 _IDENTITY = (
     "format",
     "guard",
+    "guard_weights",
     "policy_vocab_hash",
     "corpus_sha256",
     "count",
@@ -236,11 +237,15 @@ def label_corpus(
     *,
     guard_name: str,
     policy_name: str,
+    guard_weights: str | None = None,
 ) -> dict[str, object]:
     """Label (or finish labelling) ``corpus_path`` into ``out_dir``; return the metadata.
 
-    Refuses an empty corpus, an ``out_dir`` built from another corpus/guard/tokenizer/config,
-    and a corrupt shard — each before writing anything.
+    ``guard_weights`` is a fingerprint of the guard's weights
+    (:func:`saffron.reward.loading.fingerprint`), so a guard retrained under the same name
+    does not resume labels made by the old one. Refuses an empty corpus, an ``out_dir`` built
+    from another corpus/guard/weights/tokenizer/config, and a corrupt shard — each before
+    writing anything.
     """
     if not corpus_path.is_file():
         raise SaffronError(f"corpus file {corpus_path} does not exist")
@@ -251,6 +256,7 @@ def label_corpus(
     meta: dict[str, object] = {
         "format": LABEL_FORMAT,
         "guard": guard_name,
+        "guard_weights": guard_weights,
         "policy": policy_name,
         "policy_vocab_hash": vocab_hash(policy_tokenizer),
         "vocab_size": len(policy_tokenizer),
