@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saffron.lm.models import load_model
-from saffron.reward.loading import load_guard
+from saffron.reward.loading import ARTIFACTS, load_guard
 from saffron.train.guard_train import GuardExample, GuardTrainConfig, class_weights, train_guard
 from saffron.types import TokenSequence
 
@@ -37,6 +37,9 @@ def test_tiny_guard_learns_and_loads(tmp_path: Path) -> None:
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "meta.json").read_text())["examples"] == 24
     assert meta["examples_by_source"] == {"toy": {"safe": 12, "unsafe": 12}}
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == "tiny-random-llama"
+    assert not (out / "README.md").exists()
 
     guard = load_guard(str(out))
     seqs = [TokenSequence((), enc("question 99"), (), (), enc(r)) for r in ("aaaaaa", "zzzzzz")]
@@ -61,3 +64,22 @@ def test_class_weights_balance_each_source() -> None:
     even = [ex(True, "p"), ex(False, "p")] * 3
     assert class_weights(even) == [1.0] * 6
     assert class_weights([]) == []
+
+
+def _strings(obj: object) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def test_committed_artifacts_hold_no_machine_paths() -> None:
+    files = sorted(ARTIFACTS.glob("*/*.json"))
+    assert files, "the embedded artifacts are committed"
+    for f in files:
+        for text in _strings(json.loads(f.read_text())):
+            assert not Path(text).is_absolute(), f"{f.name}: {text}"
+            assert str(Path.home()) not in text, f"{f.name}: {text}"

@@ -24,6 +24,21 @@ GUARDS = {
 }
 
 
+def save_adapter(model: PeftModel, folder: Path, base_name: str) -> None:
+    """``save_pretrained`` without machine paths: the adapter names its base by registry name.
+
+    PEFT records the base model's local folder (a path in this machine's cache) and writes a
+    generic model card; neither belongs in a committed artifact. Saffron loads the base by name
+    and applies the adapter to it, so ``base_model_name_or_path`` is informative only.
+    """
+    model.save_pretrained(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = base_name
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def adapter_dir(name: str) -> Path:
     return ARTIFACTS / name
 

@@ -142,6 +142,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_train_mrm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from saffron.reward.loading import fingerprint
     from saffron.reward.mrm import vocab_hash
     from saffron.reward.mrm_load import guard_backbone, mrm_dir
     from saffron.train.label import load_tokenizer, read_labels
@@ -169,12 +170,20 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     backbone, layout = guard_backbone(guard)
     vocab = int(backbone.model.get_output_embeddings().out_features)
     check_labels(meta, policy_hash, vocab, policy)
+    weights = fingerprint(guard)
+    made_by = meta.get("guard_weights")
+    if made_by and weights and made_by != weights:
+        raise SaffronError(
+            f"the labels in {labels} were made by other {guard} weights ({made_by}) than the "
+            f"ones here ({weights}); relabel with `saffron label`"
+        )
     out = Path(args.out).expanduser() if args.out else mrm_dir()
     info: dict[str, object] = {
         "base_guard": guard,
+        "base_guard_weights": weights,
         "policy": policy,
         "policy_vocab_hash": policy_hash,
-        "labels": str(labels),
+        "labels": labels.name,  # a folder in the user cache; its name, not this machine's path
         "label_items": len(items),
     }
     result = train_mrm(backbone, layout, items, out, cfg, info)

@@ -37,6 +37,7 @@ from saffron.data import ScorerRow, is_refusal, load_scorer_rows
 from saffron.errors import SaffronError
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
+from saffron.reward.loading import save_adapter
 from saffron.train.corpus import CorpusItem
 
 HUMAN_HELDOUT_FRACTION = 0.3
@@ -225,8 +226,7 @@ def train_guard(
     # write next to the target, then swap: a failed run never leaves half an adapter
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    model.save_pretrained(str(tmp))
-    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's generic model card
+    save_adapter(model, tmp, base.name)
     tmp.chmod(0o755)
     meta = {
         "base": base.name,

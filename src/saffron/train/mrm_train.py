@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from saffron.errors import SaffronError
 from saffron.lm.models import LoadedModel
+from saffron.reward.loading import save_adapter
 from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
 from saffron.train.label import LabelledItem
 
@@ -251,8 +252,7 @@ class MRMTrainer:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
         try:
-            self.peft.save_pretrained(str(tmp))
-            (tmp / "README.md").unlink(missing_ok=True)  # PEFT's generic model card
+            save_adapter(self.peft, tmp, str(meta.get("base_guard", "")))
             tmp.chmod(0o755)
             save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
             save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
