@@ -19,9 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tg.add_argument("--per-set", type=_int, default=None, help="harmful prompts per set")
     tg.add_argument("--benign", type=_int, default=200, help="benign prompts in the corpus")
     tg.add_argument("--no-human", action="store_true", help="skip the human-labelled rows")
-    tg.add_argument(
-        "--no-balance", action="store_true", help="no class reweighting within each source"
-    )
+    tg.add_argument("--balance", action="store_true", help="reweight each source's minority class")
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
 
     lab = sub.add_parser(
@@ -73,7 +71,7 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
     from saffron.train.corpus import build_corpus
     from saffron.train.guard_train import GuardTrainConfig, guard_examples, train_guard
 
-    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs, balance=not args.no_balance)
+    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs, balance=args.balance)
     out = Path(args.out) if args.out else adapter_dir("smol-guard")
     policy = make_policy(load_model(SMOLLM2))
     suffix = f"-per{args.per_set}" if args.per_set else ""

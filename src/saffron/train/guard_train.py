@@ -112,7 +112,9 @@ class GuardTrainConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
     safe_word: str = " safe"
     unsafe_word: str = " unsafe"
-    balance: bool = True  # reweight each source's minority class (see class_weights)
+    # reweight each source's minority class (see class_weights); off for the embedded guard:
+    # on its benchmark it changed no verdict of the 50-prompt agreement check (BENCHMARKS.md)
+    balance: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
