@@ -81,3 +81,14 @@ def test_generate_json_on_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(rec["tokens"]) == 5
     pol = rec["compute"]["models"]["policy"]
     assert pol["tokens_computed"] > 0 and rec["compute"]["tflop"] > 0
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/2", "0/0"])
+def test_bad_shard(capsys: pytest.CaptureFixture[str], shard: str, tmp_path) -> None:
+    argv = ["eval", "--dataset", "advbench", "--methods", "greedy", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        main([*argv, f"--shard={shard}"])
+    out, err = capsys.readouterr()
+    assert (exit_.value.code, out) == (2, "")
+    assert err.endswith(f"argument --shard: expected K/N with 0 <= K < N, got {shard!r}\n")
+    assert not (tmp_path / "r").exists()
