@@ -215,7 +215,16 @@ def test_metrics_and_report(tmp_path: Path) -> None:
     text = report(recs, tmp_path)
     assert "| saffron | 0.400 |" in text
     assert (tmp_path / "asr_vs_tflop.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "metrics.json").read_text())["matched"]["tflop"] == 4.0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["matched"]["tflop"] == 4.0
+    # each saffron point against best-of-n's curve: at 2 TFLOP best-of-n is halfway (in log)
+    # between 0.8 and 0.5; 8 TFLOP lies beyond its range
+    vs = {r["budget"]: r for r in metrics["matched"]["versus"]}
+    assert vs[1]["reference_asr"] == pytest.approx(0.65)
+    assert vs[1]["ratio"] == pytest.approx(0.6 / 0.65)
+    assert vs[4]["reference_asr"] is None and vs[4]["ratio"] is None
+    assert "| saffron | 1 | 2.0000 | 0.600 | 0.650 | 0.92 |" in text
+    assert "| saffron | 4 | 8.0000 | 0.200 | not covered | — |" in text
 
 
 def test_method_budgets_override(dataset: Path, tmp_path: Path) -> None:

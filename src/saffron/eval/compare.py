@@ -128,6 +128,29 @@ def matched(
     return pick.tflop, {m: asr_at(curve(cs, m), pick.tflop) for m in methods}
 
 
+def versus(cs: list[Cell], reference: str) -> list[dict[str, Any]]:
+    """Every other method's (budget, TFLOP, ASR) beside the reference's interpolated ASR at the
+    same TFLOP (None where that compute is outside the reference's range) — the comparison the
+    matched-compute table cannot make for a method whose curve misses the reference's budget."""
+    ref = curve(cs, reference)
+    rows = []
+    for c in cs:
+        if c.method == reference:
+            continue
+        at = asr_at(ref, c.tflop)
+        rows.append(
+            {
+                "method": c.method,
+                "budget": c.budget,
+                "tflop": c.tflop,
+                "asr": c.asr,
+                "reference_asr": at,
+                "ratio": None if at is None or at == 0 else c.asr / at,
+            }
+        )
+    return rows
+
+
 def plot(cs: list[Cell], path: Path, title: str) -> None:
     """ASR vs TFLOP per prompt (log x), one line per method (the paper's Figure 2)."""
     import matplotlib
@@ -204,6 +227,22 @@ def report(
         ]
         for m, v in at.items():
             lines.append(f"| {m} | {'not covered' if v is None else f'{v:.3f}'} |")
+        rows = versus(cs, reference)
+        match["versus"] = rows
+        lines += [
+            "",
+            f"## Each method against {reference} at the same compute",
+            "",
+            f"| method | budget | TFLOP/prompt | ASR | {reference} ASR there | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            ref_asr = "not covered" if r["reference_asr"] is None else f"{r['reference_asr']:.3f}"
+            ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            lines.append(
+                f"| {r['method']} | {r['budget']} | {r['tflop']:.4f} | {r['asr']:.3f} "
+                f"| {ref_asr} | {ratio} |"
+            )
         lines.append("")
     title = f"ASR vs compute ({len({r['prompt_id'] for r in records})} prompts)"
     plot(cs, out / "asr_vs_tflop.png", title)
