@@ -74,10 +74,17 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
     cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs, balance=args.balance)
     out = Path(args.out) if args.out else adapter_dir("smol-guard")
     policy = make_policy(load_model(SMOLLM2))
-    suffix = f"-per{args.per_set}" if args.per_set else ""
+    suffix = (f"-per{args.per_set}" if args.per_set else "") + (
+        "-ownstart" if args.own_start else ""
+    )
     corpus_path = cache_dir() / "corpus" / f"{SMOLLM2}-seed{args.seed}{suffix}.jsonl"
     corpus = build_corpus(
-        policy, corpus_path, seed=args.seed, per_set=args.per_set, n_benign=args.benign
+        policy,
+        corpus_path,
+        seed=args.seed,
+        per_set=args.per_set,
+        n_benign=args.benign,
+        own_start=args.own_start,
     )
     del policy
     base = load_model(SMOLLM2)

@@ -5,6 +5,9 @@ For each training prompt it holds responses of several kinds, all as the policy'
 * ``policy`` — the policy's own sampled answer, no prefill;
 * ``policy-prefill`` — the policy's sampled continuation after a compliance opener (the opener
   is the prefill: in the policy's context, not part of the response);
+* ``policy-ownstart`` (optional, ``own_start=True``) — the policy's sampled continuation after
+  the first K tokens of its own greedy answer: the prefill attack of ``saffron eval`` on prompts
+  without a reference answer, so guard and MRM see the distribution they are evaluated on;
 * ``refusal`` — a written refusal, sometimes with a safe redirection, ending in EOS;
 * ``benign`` — the policy's answer to a benign prompt.
 
@@ -29,6 +32,7 @@ from saffron.search.decoding import decode_batch, generator
 from saffron.train.texts import OPENERS, benign_prompts, refusal
 
 HARMFUL_SETS = ("advbench", "harmbench", "strongreject", "donotanswer")
+OWN_START = "policy-ownstart"
 EVAL_FRACTION = 0.5  # half of every set is held out for evaluation (split by prompt text)
 
 
@@ -74,13 +78,20 @@ class Job:
     prefill: str
 
 
-def plan(rows: list[PromptRow], n_benign: int, seed: int) -> list[Job]:
-    """Which responses to produce, deterministically from ``seed``."""
+def plan(rows: list[PromptRow], n_benign: int, seed: int, own_start: bool = False) -> list[Job]:
+    """Which responses to produce, deterministically from ``seed``.
+
+    ``own_start`` adds one ``policy-ownstart`` job per harmful prompt without drawing from the
+    random stream, so every other job (id, opener) is the same with or without it: a corpus
+    built without them can be extended in place.
+    """
     rng = random.Random(seed)
     jobs: list[Job] = []
     for r in rows:
         jobs.append(Job(f"{r.id}/policy", r.prompt, True, "policy", ""))
         jobs.append(Job(f"{r.id}/prefill", r.prompt, True, "policy-prefill", rng.choice(OPENERS)))
+        if own_start:
+            jobs.append(Job(f"{r.id}/ownstart", r.prompt, True, OWN_START, ""))
         if rng.random() < 0.5:
             jobs.append(Job(f"{r.id}/refusal", r.prompt, True, "refusal", ""))
     benign = benign_prompts()
@@ -112,9 +123,10 @@ def build_corpus(
     max_new_tokens: int = 40,
     prefill_tokens: int = 10,
     batch_size: int = 32,
+    own_start: bool = False,
 ) -> list[CorpusItem]:
     """Produce (or finish producing) the corpus at ``path``; return all its items."""
-    jobs = plan(training_prompts(seed, per_set), n_benign, seed)
+    jobs = plan(training_prompts(seed, per_set), n_benign, seed, own_start)
     done = {it.id for it in read_corpus(path)}
     todo = [j for j in jobs if j.id not in done]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +138,16 @@ def build_corpus(
         for b, batch in enumerate(_batches(todo, batch_size)):
             items: list[CorpusItem] = []
             sampled = [j for j in batch if j.kind != "refusal"]
+            starts = _own_starts(
+                policy, [j for j in sampled if j.kind == OWN_START], cfg, prefill_tokens
+            )
             seqs = [
-                chat.sequence(j.prompt, prefill_tokens=chat.encode(j.prefill)[:prefill_tokens])
+                chat.sequence(
+                    j.prompt,
+                    prefill_tokens=starts[j.id]
+                    if j.kind == OWN_START
+                    else chat.encode(j.prefill)[:prefill_tokens],
+                )
                 for j in sampled
             ]
             temp = 0.7 if b % 2 == 0 else 1.0
@@ -150,6 +170,27 @@ def build_corpus(
             out.flush()
             bar.update(len(batch))
     return read_corpus(path)
+
+
+def _own_starts(
+    policy: Policy, jobs: list[Job], cfg: SearchConfig, k: int
+) -> dict[str, tuple[int, ...]]:
+    """The first ``k`` tokens of the policy's greedy answer to each job's prompt (stop tokens
+    dropped), as ``saffron eval`` chooses the prefill of a prompt without a reference answer."""
+    if not jobs:
+        return {}
+    first = decode_batch(
+        policy,
+        [policy.chat.sequence(j.prompt) for j in jobs],
+        replace(cfg, max_new_tokens=k, min_new_tokens=0),
+        greedy=True,
+    )
+    policy.backend.clear()
+    eos = set(policy.chat.eos_ids)
+    return {
+        j.id: tuple(t for t in s.generated if t not in eos)
+        for j, s in zip(jobs, first, strict=True)
+    }
 
 
 def _item(
