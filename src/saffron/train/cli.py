@@ -19,6 +19,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tg.add_argument("--per-set", type=_int, default=None, help="harmful prompts per set")
     tg.add_argument("--benign", type=_int, default=200, help="benign prompts in the corpus")
     tg.add_argument("--no-human", action="store_true", help="skip the human-labelled rows")
+    tg.add_argument(
+        "--own-start",
+        action="store_true",
+        help="add the policy's answers after its own greedy start (the eval's prefill attack)",
+    )
     tg.add_argument("--balance", action="store_true", help="reweight each source's minority class")
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
 
