@@ -153,6 +153,34 @@ def test_other_config_in_same_dir_is_refused(dataset: Path, tmp_path: Path) -> N
     assert (out / "records.jsonl").read_bytes() == before
 
 
+def test_a_run_grows_by_more_methods_budgets_or_prompts(dataset: Path, tmp_path: Path) -> None:
+    wide = config(dataset, methods=("greedy", "best-of-n"), budgets=(1, 2))
+    clean = run_eval(wide, tmp_path / "clean", lambda c: tiny_world())
+    out = tmp_path / "grown"
+    run_eval(
+        config(dataset, methods=("greedy",), budgets=(1,), limit=2), out, lambda c: tiny_world()
+    )
+    first = (out / "records.jsonl").read_text().splitlines()
+    assert len(first) == 2
+    grown = run_eval(wide, out, lambda c: tiny_world())
+    assert stable(grown) == stable(clean)
+    assert (out / "records.jsonl").read_text().splitlines()[:2] == first  # kept, not redone
+    assert json.loads((out / "config.json").read_text())["methods"] == ["greedy", "best-of-n"]
+    # a part of the run resumes with nothing to do, and the config stays the whole run's
+    part = run_eval(
+        config(dataset, methods=("best-of-n",), budgets=(2,)), out, lambda c: tiny_world()
+    )
+    assert len(part) == len(clean)
+    assert json.loads((out / "config.json").read_text())["budgets"] == [1, 2]
+    # other settings are another run
+    with pytest.raises(SaffronError, match=r"differs in: max_new_tokens\)"):
+        run_eval(
+            config(dataset, methods=("greedy", "best-of-n"), max_new_tokens=7),
+            out,
+            lambda c: tiny_world(),
+        )
+
+
 def test_bad_input(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(SaffronError, match="unknown method 'best-of-m'; known: "):
         config(dataset, methods=("best-of-m",))

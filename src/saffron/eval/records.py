@@ -33,8 +33,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+_GRID_KEYS = ("methods", "budgets", "method_budgets", "limit")
+
+
+def _grid(config: dict[str, Any]) -> dict[str, set[int]]:
+    """Each method's budgets under ``config`` (its own budgets, else the common ones)."""
+    own = config.get("method_budgets") or {}
+    return {m: set(own.get(m) or config.get("budgets") or ()) for m in config.get("methods", ())}
+
+
+def extends(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` only adds to ``old``: the same settings, and every (method, budget) and
+    prompt of ``old`` also in ``new`` (more methods, budgets or prompts). Records are keyed and
+    each depends only on its own key and the settings, so ``old``'s records stay valid."""
+    if any(old.get(k) != new.get(k) for k in set(old) | set(new) if k not in _GRID_KEYS):
+        return False
+    new_grid = _grid(new)
+    if any(not b <= new_grid.get(m, set()) for m, b in _grid(old).items()):
+        return False
+    lo, hi = old.get("limit"), new.get("limit")
+    return hi is None or (lo is not None and hi >= lo)
+
+
 def claim_dir(out: Path, config: dict[str, Any]) -> None:
-    """Create ``out`` with ``config``, or accept it if it holds the same config.
+    """Create ``out`` with ``config``, or accept it if it holds the same config, one that
+    ``config`` :func:`extends` (then ``config.json`` becomes ``config``; the run grows), or one
+    that extends ``config`` (a part of the run; nothing changes).
 
     Raises SaffronError, before anything is written, when ``out`` holds another run.
     """
@@ -44,11 +68,17 @@ def claim_dir(out: Path, config: dict[str, Any]) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise SaffronError(f"{path} is not valid JSON; use another --out") from None
+        if old != config and extends(old, config):
+            atomic_write_json(path, config)
+            return
+        if old != config and extends(config, old):
+            return  # a part of this run: resume that part, keep the whole run's config
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise SaffronError(
                 f"{out} holds a run with another config (differs in: {', '.join(diff)}); "
-                "use another --out or the same options"
+                "use another --out, the same options, or options that only add methods, "
+                "budgets or prompts"
             )
         return
     if out.exists() and any(out.iterdir()):
