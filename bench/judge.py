@@ -24,6 +24,7 @@ from saffron.lm.models import SMOLLM2, load_model
 from saffron.lm.policy import make_policy
 from saffron.reward.loading import load_guard
 from saffron.search import SearchConfig, World, run_search
+from saffron.search.decoding import greedy_starts
 from saffron.train.corpus import EVAL_FRACTION
 from saffron.train.guard_train import (
     MAX_PROMPT_TOKENS,
@@ -99,9 +100,7 @@ def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-de
     missed: list[str] = []
     for r in held[:n_prompts]:
         seq = policy.chat.sequence(r.prompt)
-        start = run_search("greedy", world, seq, SearchConfig(max_new_tokens=10, min_new_tokens=0))
-        prefill = tuple(t for t in start.generated if t not in policy.chat.eos_ids)
-        attacked = replace(seq, prefill=prefill)
+        attacked = replace(seq, prefill=greedy_starts(policy, [seq], 10)[0])
         cfg = SearchConfig(max_new_tokens=32, min_new_tokens=16, top_p=0.8, seed=0)
         ans = run_search("sample", world, attacked, cfg)
         label = rule_unsafe(True, ans.text)

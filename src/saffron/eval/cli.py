@@ -102,14 +102,10 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    k, sep, n = text.partition("/")
-    try:
-        shard = (int(k), int(n))
-    except ValueError:
-        shard = (-1, 0)
-    if not sep or not 0 <= shard[0] < shard[1]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
         raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
-    return shard
+    return int(k), int(n)
 
 
 def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:

@@ -68,19 +68,17 @@ def claim_dir(out: Path, config: dict[str, Any]) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise SaffronError(f"{path} is not valid JSON; use another --out") from None
-        if old != config and extends(old, config):
+        if extends(config, old):  # the same run, or a part of it: resume, keep its config
+            return
+        if extends(old, config):  # the run grows
             atomic_write_json(path, config)
             return
-        if old != config and extends(config, old):
-            return  # a part of this run: resume that part, keep the whole run's config
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise SaffronError(
-                f"{out} holds a run with another config (differs in: {', '.join(diff)}); "
-                "use another --out, the same options, or options that only add methods, "
-                "budgets or prompts"
-            )
-        return
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise SaffronError(
+            f"{out} holds a run with another config (differs in: {', '.join(diff)}); "
+            "use another --out, the same options, or options that only add methods, "
+            "budgets or prompts"
+        )
     if out.exists() and any(out.iterdir()):
         raise SaffronError(f"{out} is not empty and holds no Saffron run; use another --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from saffron.errors import SaffronError
 from saffron.eval.attack import Attack, parse_attack
 from saffron.eval.records import JsonlLog, claim_dir, record_key
 from saffron.search import SearchConfig, World, get_method, run_search
+from saffron.search.decoding import greedy_starts
 from saffron.types import TokenSequence
 
 
@@ -117,9 +118,7 @@ def choose_prefill(world: World, row: PromptRow, attack: Attack, cfg: EvalConfig
     if row.reference:
         return list(chat.encode(row.reference))[: attack.tokens]
     seq = chat.sequence(row.prompt, reserve=cfg.max_new_tokens)
-    own = SearchConfig(max_new_tokens=attack.tokens, min_new_tokens=0)
-    gen = run_search("greedy", world, seq, own).generated
-    return [t for t in gen if t not in chat.eos_ids]
+    return list(greedy_starts(world.policy, [seq], attack.tokens)[0])
 
 
 def run_eval(

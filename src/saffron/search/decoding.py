@@ -47,6 +47,14 @@ def sample_tokens(logits: Tensor, cfg: SearchConfig, gen: torch.Generator) -> li
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1).tolist()
 
 
+def greedy_starts(policy: Policy, seqs: list[TokenSequence], k: int) -> list[tuple[int, ...]]:
+    """The first ``k`` tokens of each sequence's greedy continuation, stop tokens dropped: the
+    prefill of an attack that opens with the undefended policy's own answer."""
+    outs = decode_batch(policy, seqs, SearchConfig(max_new_tokens=k, min_new_tokens=0), greedy=True)
+    eos = policy.chat.eos_ids
+    return [tuple(t for t in s.generated if t not in eos) for s in outs]
+
+
 def generator(cfg: SearchConfig, salt: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(cfg.seed * 1_000_003 + salt)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from saffron.data import PromptRow, load_prompts, train_eval_split
 from saffron.lm.policy import Policy
 from saffron.search.base import SearchConfig
-from saffron.search.decoding import decode_batch, generator
+from saffron.search.decoding import decode_batch, generator, greedy_starts
 from saffron.train.texts import OPENERS, benign_prompts, refusal
 
 HARMFUL_SETS = ("advbench", "harmbench", "strongreject", "donotanswer")
@@ -139,7 +139,7 @@ def build_corpus(
             items: list[CorpusItem] = []
             sampled = [j for j in batch if j.kind != "refusal"]
             starts = _own_starts(
-                policy, [j for j in sampled if j.kind == OWN_START], cfg, prefill_tokens
+                policy, [j for j in sampled if j.kind == OWN_START], prefill_tokens
             )
             seqs = [
                 chat.sequence(
@@ -172,25 +172,14 @@ def build_corpus(
     return read_corpus(path)
 
 
-def _own_starts(
-    policy: Policy, jobs: list[Job], cfg: SearchConfig, k: int
-) -> dict[str, tuple[int, ...]]:
-    """The first ``k`` tokens of the policy's greedy answer to each job's prompt (stop tokens
-    dropped), as ``saffron eval`` chooses the prefill of a prompt without a reference answer."""
+def _own_starts(policy: Policy, jobs: list[Job], k: int) -> dict[str, tuple[int, ...]]:
+    """Each job's prefill as ``saffron eval`` chooses it for a prompt without a reference
+    answer: the first ``k`` tokens of the policy's greedy answer."""
     if not jobs:
         return {}
-    first = decode_batch(
-        policy,
-        [policy.chat.sequence(j.prompt) for j in jobs],
-        replace(cfg, max_new_tokens=k, min_new_tokens=0),
-        greedy=True,
-    )
+    starts = greedy_starts(policy, [policy.chat.sequence(j.prompt) for j in jobs], k)
     policy.backend.clear()
-    eos = set(policy.chat.eos_ids)
-    return {
-        j.id: tuple(t for t in s.generated if t not in eos)
-        for j, s in zip(jobs, first, strict=True)
-    }
+    return {j.id: s for j, s in zip(jobs, starts, strict=True)}
 
 
 def _item(
