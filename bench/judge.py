@@ -21,7 +21,7 @@ import torch
 
 from saffron.data import is_refusal, load_prompts, load_scorer_rows, train_eval_split
 from saffron.lm.models import SMOLLM2, load_model
-from saffron.lm.policy import make_policy
+from saffron.lm.policy import Policy, make_policy
 from saffron.reward.loading import load_guard
 from saffron.search import SearchConfig, World, run_search
 from saffron.search.decoding import greedy_starts
@@ -92,29 +92,36 @@ def human_validation(guard, tok) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
-def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-def]
-    policy = make_policy(load_model(SMOLLM2))
+def attacked_answers(policy: Policy, n_prompts: int) -> list[tuple[str, TokenSequence, str]]:
+    """(prompt, answer sequence, answer text) for the first ``n_prompts`` held-out AdvBench
+    prompts: 10-token prefill = the policy's own greedy start, then a sampled answer."""
     world = World(policy)
     _, held = train_eval_split(load_prompts("advbench"), EVAL_FRACTION, seed=0, by="prompt")
-    agree, unsafe_rule, n = 0, 0, 0
-    missed: list[str] = []
+    out = []
     for r in held[:n_prompts]:
         seq = policy.chat.sequence(r.prompt)
         attacked = replace(seq, prefill=greedy_starts(policy, [seq], 10)[0])
         cfg = SearchConfig(max_new_tokens=32, min_new_tokens=16, top_p=0.8, seed=0)
         ans = run_search("sample", world, attacked, cfg)
-        label = rule_unsafe(True, ans.text)
-        reward = float(guard.score([ans.sequence])[0])
+        out.append((r.prompt, ans.sequence, ans.text))
+        policy.backend.clear()
+    return out
+
+
+def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-def]
+    policy = make_policy(load_model(SMOLLM2))
+    agree, unsafe_rule, n = 0, 0, 0
+    missed: list[str] = []
+    for prompt, seq, text in attacked_answers(policy, n_prompts):
+        label = rule_unsafe(True, text)
+        reward = float(guard.score([seq])[0])
         verdict = reward < 0
         agree += label == verdict
         unsafe_rule += label
         if label != verdict:
             rule = "unsafe" if label else "safe"
-            missed.append(
-                f"- rule {rule}, guard {reward:+.2f}: {r.prompt[:50]!r} → {ans.text[:90]!r}"
-            )
+            missed.append(f"- rule {rule}, guard {reward:+.2f}: {prompt[:50]!r} → {text[:90]!r}")
         n += 1
-        policy.backend.clear()
         guard.backend.clear()
     return [
         "",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from saffron.errors import SaffronError
 from saffron.lm.models import load_model
 from saffron.reward.loading import ARTIFACTS, load_guard
 from saffron.train.guard_train import GuardExample, GuardTrainConfig, class_weights, train_guard
@@ -60,6 +61,10 @@ def test_class_weights_balance_each_source() -> None:
     got = class_weights(examples)
     assert got == pytest.approx([w / mean for w in raw])
     assert sum(got) / len(got) == pytest.approx(1.0)
+    # power 1: the lone safe answer weighs as much as the nine unsafe ones together
+    raw1 = [1.0] * 9 + [9.0] + [1.0] * 6
+    assert class_weights(examples, 1.0) == pytest.approx([w / (sum(raw1) / 16) for w in raw1])
+    assert class_weights(examples, 0.0) == [1.0] * 16
     # balanced sources are untouched
     even = [ex(True, "p"), ex(False, "p")] * 3
     assert class_weights(even) == [1.0] * 6
@@ -83,3 +88,9 @@ def test_committed_artifacts_hold_no_machine_paths() -> None:
         for text in _strings(json.loads(f.read_text())):
             assert not Path(text).is_absolute(), f"{f.name}: {text}"
             assert str(Path.home()) not in text, f"{f.name}: {text}"
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1.5])
+def test_balance_outside_unit_interval_is_refused(bad: float) -> None:
+    with pytest.raises(SaffronError, match=rf"balance must be in \[0, 1\], got {bad}"):
+        GuardTrainConfig(balance=bad)

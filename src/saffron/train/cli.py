@@ -9,6 +9,18 @@ from collections.abc import Callable
 from saffron.errors import SaffronError
 from saffron.errors import integer as _int
 
+
+def _unit(text: str) -> float:
+    """An argparse type: a number in [0, 1], or a usage error naming the text."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 DEFAULT_POLICY = "smollm2-135m-instruct"
 
 
@@ -24,7 +36,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="add the policy's answers after its own greedy start (the eval's prefill attack)",
     )
-    tg.add_argument("--balance", action="store_true", help="reweight each source's minority class")
+    tg.add_argument(
+        "--redirect",
+        action="store_true",
+        help="add the policy's safe redirections after its own greedy start",
+    )
+    tg.add_argument(
+        "--balance",
+        type=_unit,
+        nargs="?",
+        const=0.5,
+        default=0.0,
+        metavar="POWER",
+        help="weigh each source's minority label by (n_major/n_minor)**POWER "
+        "(0 = off, the default; bare --balance = 0.5; 1 = both labels equal)",
+    )
+    tg.add_argument("--lr", type=float, default=3e-4, help="learning rate")
+    tg.add_argument("--rank", type=_int, default=16, help="LoRA rank (alpha = 2 × rank)")
+    tg.add_argument("--first-layer", type=_int, default=14, help="LoRA on layers from this one")
+    tg.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
 
     lab = sub.add_parser(
@@ -76,11 +106,21 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
     from saffron.train.corpus import build_corpus
     from saffron.train.guard_train import GuardTrainConfig, guard_examples, train_guard
 
-    cfg = GuardTrainConfig(seed=args.seed, epochs=args.epochs, balance=args.balance)
+    cfg = GuardTrainConfig(
+        seed=args.seed,
+        epochs=args.epochs,
+        balance=args.balance,
+        lr=args.lr,
+        rank=args.rank,
+        alpha=2 * args.rank,
+        first_layer=args.first_layer,
+    )
     out = Path(args.out) if args.out else adapter_dir("smol-guard")
     policy = make_policy(load_model(SMOLLM2))
-    suffix = (f"-per{args.per_set}" if args.per_set else "") + (
-        "-ownstart" if args.own_start else ""
+    suffix = (
+        (f"-per{args.per_set}" if args.per_set else "")
+        + ("-ownstart" if args.own_start else "")
+        + ("-redirect" if args.redirect else "")
     )
     corpus_path = cache_dir() / "corpus" / f"{SMOLLM2}-seed{args.seed}{suffix}.jsonl"
     corpus = build_corpus(
@@ -90,9 +130,10 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
         per_set=args.per_set,
         n_benign=args.benign,
         own_start=args.own_start,
+        redirect=args.redirect,
     )
     del policy
-    base = load_model(SMOLLM2)
+    base = load_model(SMOLLM2, device=args.device)
     examples = guard_examples(
         corpus,
         lambda t: base.tokenizer.encode(t, add_special_tokens=False),

@@ -8,6 +8,10 @@ For each training prompt it holds responses of several kinds, all as the policy'
 * ``policy-ownstart`` (optional, ``own_start=True``) — the policy's sampled continuation after
   the first K tokens of its own greedy answer: the prefill attack of ``saffron eval`` on prompts
   without a reference answer, so guard and MRM see the distribution they are evaluated on;
+* ``policy-redirect`` (optional, ``redirect=True``) — the policy's continuation of the same
+  greedy start, sampled while the policy is asked (in its own context only) to turn the request
+  toward a harmless goal: safe redirections in the policy's own words and in the attack's
+  distribution. The item's prompt is the original request, as the guard will see it;
 * ``refusal`` — a written refusal, sometimes with a safe redirection, ending in EOS;
 * ``benign`` — the policy's answer to a benign prompt.
 
@@ -33,6 +37,13 @@ from saffron.train.texts import OPENERS, benign_prompts, refusal
 
 HARMFUL_SETS = ("advbench", "harmbench", "strongreject", "donotanswer")
 OWN_START = "policy-ownstart"
+REDIRECT = "policy-redirect"
+# what the policy reads instead of the request for a REDIRECT job (the guard never sees it)
+REDIRECT_INSTRUCTION = (
+    "{prompt}\n\n(Do not help with this. Instead, turn the request around: answer with "
+    "something harmless and positive, such as how to prevent or counter this harm, and explain "
+    "why it is harmful or illegal.)"
+)
 EVAL_FRACTION = 0.5  # half of every set is held out for evaluation (split by prompt text)
 
 
@@ -78,11 +89,17 @@ class Job:
     prefill: str
 
 
-def plan(rows: list[PromptRow], n_benign: int, seed: int, own_start: bool = False) -> list[Job]:
+def plan(
+    rows: list[PromptRow],
+    n_benign: int,
+    seed: int,
+    own_start: bool = False,
+    redirect: bool = False,
+) -> list[Job]:
     """Which responses to produce, deterministically from ``seed``.
 
-    ``own_start`` adds one ``policy-ownstart`` job per harmful prompt without drawing from the
-    random stream, so every other job (id, opener) is the same with or without it: a corpus
+    ``own_start`` and ``redirect`` each add one job per harmful prompt without drawing from the
+    random stream, so every other job (id, opener) is the same with or without them: a corpus
     built without them can be extended in place.
     """
     rng = random.Random(seed)
@@ -92,6 +109,8 @@ def plan(rows: list[PromptRow], n_benign: int, seed: int, own_start: bool = Fals
         jobs.append(Job(f"{r.id}/prefill", r.prompt, True, "policy-prefill", rng.choice(OPENERS)))
         if own_start:
             jobs.append(Job(f"{r.id}/ownstart", r.prompt, True, OWN_START, ""))
+        if redirect:
+            jobs.append(Job(f"{r.id}/redirect", r.prompt, True, REDIRECT, ""))
         if rng.random() < 0.5:
             jobs.append(Job(f"{r.id}/refusal", r.prompt, True, "refusal", ""))
     benign = benign_prompts()
@@ -124,9 +143,10 @@ def build_corpus(
     prefill_tokens: int = 10,
     batch_size: int = 32,
     own_start: bool = False,
+    redirect: bool = False,
 ) -> list[CorpusItem]:
     """Produce (or finish producing) the corpus at ``path``; return all its items."""
-    jobs = plan(training_prompts(seed, per_set), n_benign, seed, own_start)
+    jobs = plan(training_prompts(seed, per_set), n_benign, seed, own_start, redirect)
     done = {it.id for it in read_corpus(path)}
     todo = [j for j in jobs if j.id not in done]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,13 +159,15 @@ def build_corpus(
             items: list[CorpusItem] = []
             sampled = [j for j in batch if j.kind != "refusal"]
             starts = _own_starts(
-                policy, [j for j in sampled if j.kind == OWN_START], prefill_tokens
+                policy, [j for j in sampled if j.kind in (OWN_START, REDIRECT)], prefill_tokens
             )
             seqs = [
                 chat.sequence(
-                    j.prompt,
+                    REDIRECT_INSTRUCTION.format(prompt=j.prompt)
+                    if j.kind == REDIRECT
+                    else j.prompt,
                     prefill_tokens=starts[j.id]
-                    if j.kind == OWN_START
+                    if j.id in starts
                     else chat.encode(j.prefill)[:prefill_tokens],
                 )
                 for j in sampled

@@ -112,24 +112,26 @@ class GuardTrainConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
     safe_word: str = " safe"
     unsafe_word: str = " unsafe"
-    # reweight each source's minority class (see class_weights); off for the embedded guard:
-    # on its benchmark it changed no verdict of the 50-prompt agreement check (BENCHMARKS.md)
-    balance: bool = False
+    # exponent of each source's minority-class weight (see class_weights); 0 = unweighted
+    balance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
             raise SaffronError("epochs, batch size, learning rate and rank must be positive")
+        if not 0 <= self.balance <= 1:
+            raise SaffronError(f"balance must be in [0, 1], got {self.balance}")
 
 
-def class_weights(examples: list[GuardExample]) -> list[float]:
+def class_weights(examples: list[GuardExample], power: float = 0.5) -> list[float]:
     """Per-example loss weights that soften each source's class imbalance; mean weight 1.
 
     Within one source (the policy's answers, prefilled answers, human rows, ...) the minority
-    label gets weight sqrt(n_major / n_minor), the majority 1: the policy's own answers to
+    label gets weight (n_major / n_minor) ** power, the majority 1: the policy's own answers to
     harmful prompts are ~92% unsafe by the rule, and unweighted training learns "harmful prompt
-    → unsafe" instead of reading the answer. The square root keeps a 150-example minority from
-    being repeated twelvefold. Single-label sources keep weight 1. Weights are then scaled so
-    their mean is 1, which keeps the loss scale (and so the learning rate) as without them.
+    → unsafe" instead of reading the answer. power 1 weighs both labels of a source equally in
+    total, 0.5 (the square root) stops halfway, 0 leaves every weight 1. Single-label sources
+    keep weight 1. Weights are then scaled so their mean is 1, which keeps the loss scale (and
+    so the learning rate) as without them.
     """
     counts: dict[str, list[int]] = {}
     for ex in examples:
@@ -138,7 +140,7 @@ def class_weights(examples: list[GuardExample]) -> list[float]:
     for ex in examples:
         n_safe, n_unsafe = counts[ex.source]
         mine, other = (n_unsafe, n_safe) if ex.unsafe else (n_safe, n_unsafe)
-        raw.append(math.sqrt(other / mine) if 0 < mine < other else 1.0)
+        raw.append((other / mine) ** power if 0 < mine < other else 1.0)
     mean = sum(raw) / len(raw) if raw else 1.0
     return [w / mean for w in raw]
 
@@ -164,8 +166,13 @@ def _batch(
 def train_guard(
     base: LoadedModel, examples: list[GuardExample], out_dir: Path, cfg: GuardTrainConfig
 ) -> dict[str, object]:
-    """Train the LoRA adapter and write it with ``meta.json`` to ``out_dir``."""
+    """Train the LoRA adapter and write it with ``meta.json`` to ``out_dir``.
+
+    Trains where ``base.model`` sits (the CPU, or a GPU after ``--device cuda``); the order of
+    the examples and the LoRA initialisation depend only on ``cfg.seed``.
+    """
     torch.manual_seed(cfg.seed)
+    dev = next(base.model.parameters()).device
     tok = base.tokenizer
     safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
     before, after = guard_template(tok, GUARD_SYSTEM)
@@ -188,7 +195,7 @@ def train_guard(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     order = list(range(len(examples)))
-    weights = class_weights(examples) if cfg.balance else [1.0] * len(examples)
+    weights = class_weights(examples, cfg.balance)
     steps = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps)
@@ -199,12 +206,14 @@ def train_guard(
             batches = _length_grouped(order, examples, cfg.batch_size, rng)
             for idx in batches:
                 batch = [examples[i] for i in idx]
-                ids, attn, resp, last = _batch(batch, prefix, infix, int(tok.pad_token_id or 0))
+                ids, attn, resp, last = (
+                    t.to(dev) for t in _batch(batch, prefix, infix, int(tok.pad_token_id or 0))
+                )
                 hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
                 reward = hidden @ diff  # (B, T)
-                target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch])
-                w = torch.tensor([weights[i] for i in idx])
-                final = reward[torch.arange(len(batch)), last]
+                target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch], device=dev)
+                w = torch.tensor([weights[i] for i in idx], device=dev)
+                final = reward[torch.arange(len(batch), device=dev), last]
                 loss_final = (
                     w
                     * torch.nn.functional.binary_cross_entropy_with_logits(
