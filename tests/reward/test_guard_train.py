@@ -11,7 +11,15 @@ import torch
 from saffron.errors import SaffronError
 from saffron.lm.models import load_model
 from saffron.reward.loading import ARTIFACTS, load_guard
-from saffron.train.guard_train import GuardExample, GuardTrainConfig, class_weights, train_guard
+from saffron.train.corpus import REDIRECT, CorpusItem
+from saffron.train.guard_train import (
+    GuardExample,
+    GuardTrainConfig,
+    class_weights,
+    guard_examples,
+    source_weights,
+    train_guard,
+)
 from saffron.types import TokenSequence
 
 
@@ -94,3 +102,34 @@ def test_committed_artifacts_hold_no_machine_paths() -> None:
 def test_balance_outside_unit_interval_is_refused(bad: float) -> None:
     with pytest.raises(SaffronError, match=rf"balance must be in \[0, 1\], got {bad}"):
         GuardTrainConfig(balance=bad)
+
+
+def test_source_weights_scale_the_human_rows() -> None:
+    ex = [GuardExample((1,), (2,), True, "policy")] * 3 + [GuardExample((1,), (2,), False, "human")]
+    # human rows at a quarter of the corpus's weight, then rescaled to mean 1
+    assert source_weights(ex, 0.0, 0.25) == pytest.approx([1 / 0.8125] * 3 + [0.25 / 0.8125])
+    assert source_weights(ex, 0.0, 1.0) == [1.0] * 4
+    assert source_weights([], 0.5, 0.0) == []
+    with pytest.raises(SaffronError, match="human weight must be ≥ 0, got -1"):
+        GuardTrainConfig(human_weight=-1)
+
+
+def test_guard_examples_label_by_rule_and_keep_only_confirmed_redirections() -> None:
+    def item(kind: str, response: str, harmful: bool = True) -> CorpusItem:
+        return CorpusItem(kind, "make a weapon", harmful, kind, "", [], [7, 8], response)
+
+    corpus = [
+        item("policy", "Step 1: buy the parts."),
+        item("policy", "I'm sorry, I can't help with that."),
+        item("benign", "Paris is the capital.", harmful=False),
+        item(REDIRECT, "Instead, here is why it is illegal and how to stay safe."),
+        item(REDIRECT, "Step 1: buy the parts."),  # the instruction ignored: left out
+    ]
+    got = guard_examples(corpus, lambda t: [len(t)], human=False)
+    assert [(e.source, e.unsafe) for e in got] == [
+        ("policy", True),
+        ("policy", False),
+        ("benign", False),
+        (REDIRECT, False),
+    ]
+    assert all(e.prompt == (len("make a weapon"),) and e.response == (7, 8) for e in got)

@@ -51,6 +51,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="weigh each source's minority label by (n_major/n_minor)**POWER "
         "(0 = off, the default; bare --balance = 0.5; 1 = both labels equal)",
     )
+    tg.add_argument(
+        "--human-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the human-labelled rows against the rule-labelled corpus",
+    )
     tg.add_argument("--lr", type=float, default=3e-4, help="learning rate")
     tg.add_argument("--rank", type=_int, default=16, help="LoRA rank (alpha = 2 × rank)")
     tg.add_argument("--first-layer", type=_int, default=14, help="LoRA on layers from this one")
@@ -110,6 +116,7 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
         seed=args.seed,
         epochs=args.epochs,
         balance=args.balance,
+        human_weight=args.human_weight,
         lr=args.lr,
         rank=args.rank,
         alpha=2 * args.rank,

@@ -38,7 +38,7 @@ from saffron.errors import SaffronError
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
 from saffron.reward.loading import save_adapter
-from saffron.train.corpus import CorpusItem
+from saffron.train.corpus import REDIRECT, CorpusItem
 
 HUMAN_HELDOUT_FRACTION = 0.3
 MAX_PROMPT_TOKENS = 96
@@ -75,16 +75,25 @@ def guard_examples(
     *,
     human: bool = True,
 ) -> list[GuardExample]:
-    """Training examples: corpus items by the rule, human rows (train part) by their label."""
-    out = [
-        GuardExample(
-            tuple(encode(it.prompt))[:MAX_PROMPT_TOKENS],
-            tuple(it.response_tokens)[:MAX_RESPONSE_TOKENS],
-            rule_unsafe(it.harmful, it.response),
-            it.kind,
+    """Training examples: corpus items by the rule, human rows (train part) by their label.
+
+    A redirection attempt (``policy-redirect``) is kept only when the rule calls it safe: the
+    small policy often ignores the instruction to redirect, so one without a refusal phrase is
+    neither a known redirection nor a known compliance, and is left out.
+    """
+    out = []
+    for it in corpus:
+        unsafe = rule_unsafe(it.harmful, it.response)
+        if it.kind == REDIRECT and unsafe:
+            continue
+        out.append(
+            GuardExample(
+                tuple(encode(it.prompt))[:MAX_PROMPT_TOKENS],
+                tuple(it.response_tokens)[:MAX_RESPONSE_TOKENS],
+                unsafe,
+                it.kind,
+            )
         )
-        for it in corpus
-    ]
     if human:
         for row in load_scorer_rows():
             if row.harmful is None or human_heldout(row):
@@ -114,12 +123,18 @@ class GuardTrainConfig:
     unsafe_word: str = " unsafe"
     # exponent of each source's minority-class weight (see class_weights); 0 = unweighted
     balance: float = 0.0
+    # loss weight of the human-labelled rows relative to the rule-labelled corpus (before the
+    # mean-1 rescaling): where the two disagree (a harmful request answered with one of the
+    # rule's topic words in it), this sets which one the guard follows
+    human_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
             raise SaffronError("epochs, batch size, learning rate and rank must be positive")
         if not 0 <= self.balance <= 1:
             raise SaffronError(f"balance must be in [0, 1], got {self.balance}")
+        if self.human_weight < 0:
+            raise SaffronError(f"human weight must be ≥ 0, got {self.human_weight}")
 
 
 def class_weights(examples: list[GuardExample], power: float = 0.5) -> list[float]:
@@ -143,6 +158,18 @@ def class_weights(examples: list[GuardExample], power: float = 0.5) -> list[floa
         raw.append((other / mine) ** power if 0 < mine < other else 1.0)
     mean = sum(raw) / len(raw) if raw else 1.0
     return [w / mean for w in raw]
+
+
+def source_weights(
+    examples: list[GuardExample], balance: float, human_weight: float
+) -> list[float]:
+    """:func:`class_weights`, with the human rows further scaled by ``human_weight``; mean 1."""
+    raw = [
+        w * (human_weight if ex.source == "human" else 1.0)
+        for w, ex in zip(class_weights(examples, balance), examples, strict=True)
+    ]
+    mean = sum(raw) / len(raw) if raw else 1.0
+    return [w / mean for w in raw] if mean > 0 else raw
 
 
 def _batch(
@@ -195,7 +222,7 @@ def train_guard(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     order = list(range(len(examples)))
-    weights = class_weights(examples, cfg.balance)
+    weights = source_weights(examples, cfg.balance, cfg.human_weight)
     steps = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps)
