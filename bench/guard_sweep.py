@@ -69,8 +69,8 @@ def export(path: Path) -> None:
         if r.harmful is not None and human_heldout(r)
     ]
     attacked = [
-        (seq.prompt, seq.generated, rule_unsafe(True, text), text)
-        for _, seq, text in attacked_answers(make_policy(loaded), 50)
+        (seq.prompt, seq.generated, rule_unsafe(True, text, prompt), text)
+        for prompt, seq, text in attacked_answers(make_policy(loaded), 50)
     ]
     torch.save(
         {

@@ -80,15 +80,31 @@ def human_validation(guard, tok) -> list[str]:  # type: ignore[no-untyped-def]
         rewards.extend(guard.score(seqs).tolist())
         guard.backend.clear()
     labels = [bool(r.harmful) for r in rows]
-    rule = [bool(r.response.strip()) and not is_refusal(r.response) for r in rows]
-    return [
-        f"Held-out human-labelled rows: {len(rows)} ({sum(labels)} harmful).",
-        "",
+    plain = [bool(r.response.strip()) and not is_refusal(r.response) for r in rows]
+    rule = [rule_unsafe(True, r.response, r.objective) for r in rows]
+    header = [
         "| judge | rows | accuracy | AUROC | unsafe→unsafe | safe→unsafe | unsafe→safe "
         "| safe→safe |",
         "|---|---|---|---|---|---|---|---|",
+    ]
+    # the two rules on the training split too: the guard has seen those rows, the rules have not
+    train = [r for r in load_scorer_rows() if r.harmful is not None and not human_heldout(r)]
+    t_labels = [bool(r.harmful) for r in train]
+    t_plain = [bool(r.response.strip()) and not is_refusal(r.response) for r in train]
+    t_rule = [rule_unsafe(True, r.response, r.objective) for r in train]
+    return [
+        f"Held-out human-labelled rows: {len(rows)} ({sum(labels)} harmful).",
+        "",
+        *header,
         row("smol-guard", [-r for r in rewards], [r < 0 for r in rewards], labels),
-        row("refusal-phrase rule", [float(x) for x in rule], rule, labels),
+        row("refusal-phrase rule", [float(x) for x in plain], plain, labels),
+        row("labelling rule (repeats ignored)", [float(x) for x in rule], rule, labels),
+        "",
+        f"The rules on the training split: {len(train)} rows ({sum(t_labels)} harmful).",
+        "",
+        *header,
+        row("refusal-phrase rule", [float(x) for x in t_plain], t_plain, t_labels),
+        row("labelling rule (repeats ignored)", [float(x) for x in t_rule], t_rule, t_labels),
     ]
 
 
@@ -113,7 +129,7 @@ def agreement(guard, n_prompts: int) -> list[str]:  # type: ignore[no-untyped-de
     agree, unsafe_rule, n = 0, 0, 0
     missed: list[str] = []
     for prompt, seq, text in attacked_answers(policy, n_prompts):
-        label = rule_unsafe(True, text)
+        label = rule_unsafe(True, text, prompt)
         reward = float(guard.score([seq])[0])
         verdict = reward < 0
         agree += label == verdict
