@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from saffron.errors import SaffronError
+from saffron.paths import cache_dir
 from saffron.reward.mrm import MRM
 from saffron.reward.mrm_load import load_mrm
 from saffron.train.label import LabelledItem, read_labels
@@ -113,7 +114,12 @@ def main() -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.perf_counter()
     mrm = load_mrm(args.mrm)
-    labels = Path(args.labels or str(mrm.meta.get("labels", "")))
+    # the MRM's meta names its label folder inside the user cache (never a machine path)
+    labels = (
+        Path(args.labels).expanduser()
+        if args.labels
+        else cache_dir() / "labels" / str(mrm.meta.get("labels", ""))
+    )
     meta, items = read_labels(labels)
     if meta.get("policy_vocab_hash") != mrm.meta.get("policy_vocab_hash"):
         raise SaffronError(f"the labels in {labels} are for another tokenizer than {args.mrm}")
