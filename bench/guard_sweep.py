@@ -32,14 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from judge import auroc  # bench/judge.py, beside this file
 
-from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
+from saffron.reward.guard import single_token
 from saffron.train.guard_train import (
     MAX_PROMPT_TOKENS,
     MAX_RESPONSE_TOKENS,
     GuardExample,
     GuardTrainConfig,
     _batch,
+    template_ids,
     train_guard,
 )
 
@@ -100,19 +102,11 @@ def parse_config(text: str) -> tuple[GuardTrainConfig, bool]:
     return cfg, own
 
 
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
-
-
 @torch.no_grad()
 def rewards(base: Any, rows: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[float]:
     """Final-position rewards of (prompt, response) rows under the LoRA-carrying ``base``."""
     tok = base.tokenizer
-    before, after = guard_template(tok, GUARD_SYSTEM)
-    prefix = tuple(tok.encode(before, add_special_tokens=False))
-    infix = tuple(tok.encode(after, add_special_tokens=False))
+    prefix, infix = template_ids(tok)
     head = base.model.get_output_embeddings().weight
     diff = head[single_token(tok, " safe")] - head[single_token(tok, " unsafe")]
     dev = head.device

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from saffron.data import is_refusal, load_prompts, load_scorer_rows, train_eval_split
+from saffron.data import ScorerRow, is_refusal, load_prompts, load_scorer_rows, train_eval_split
 from saffron.lm.models import SMOLLM2, load_model
 from saffron.lm.policy import Policy, make_policy
 from saffron.reward.loading import load_guard
@@ -61,6 +61,15 @@ def row(name: str, scores: list[float], pred: list[bool], labels: list[bool]) ->
     return f"| {name} | {len(labels)} | {acc:.3f} | {auc:.3f} | {tu} | {fu} | {fs} | {ts} |"
 
 
+def rule_verdicts(rows: list[ScorerRow]) -> tuple[list[bool], list[bool], list[bool]]:
+    """(human label, plain refusal-phrase rule, labelling rule) per row; True = unsafe."""
+    return (
+        [bool(r.harmful) for r in rows],
+        [bool(r.response.strip()) and not is_refusal(r.response) for r in rows],
+        [rule_unsafe(True, r.response, r.objective) for r in rows],
+    )
+
+
 def human_validation(guard, tok) -> list[str]:  # type: ignore[no-untyped-def]
     rows = [r for r in load_scorer_rows() if r.harmful is not None and human_heldout(r)]
     enc = lambda t: tuple(tok.encode(t, add_special_tokens=False))  # noqa: E731
@@ -79,9 +88,7 @@ def human_validation(guard, tok) -> list[str]:  # type: ignore[no-untyped-def]
         ]
         rewards.extend(guard.score(seqs).tolist())
         guard.backend.clear()
-    labels = [bool(r.harmful) for r in rows]
-    plain = [bool(r.response.strip()) and not is_refusal(r.response) for r in rows]
-    rule = [rule_unsafe(True, r.response, r.objective) for r in rows]
+    labels, plain, rule = rule_verdicts(rows)
     header = [
         "| judge | rows | accuracy | AUROC | unsafe→unsafe | safe→unsafe | unsafe→safe "
         "| safe→safe |",
@@ -89,9 +96,7 @@ def human_validation(guard, tok) -> list[str]:  # type: ignore[no-untyped-def]
     ]
     # the two rules on the training split too: the guard has seen those rows, the rules have not
     train = [r for r in load_scorer_rows() if r.harmful is not None and not human_heldout(r)]
-    t_labels = [bool(r.harmful) for r in train]
-    t_plain = [bool(r.response.strip()) and not is_refusal(r.response) for r in train]
-    t_rule = [rule_unsafe(True, r.response, r.objective) for r in train]
+    t_labels, t_plain, t_rule = rule_verdicts(train)
     return [
         f"Held-out human-labelled rows: {len(rows)} ({sum(labels)} harmful).",
         "",

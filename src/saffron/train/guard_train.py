@@ -32,6 +32,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from saffron.data import ScorerRow, is_refusal, load_scorer_rows
 from saffron.errors import SaffronError
@@ -158,8 +159,12 @@ def class_weights(examples: list[GuardExample], power: float = 0.5) -> list[floa
         n_safe, n_unsafe = counts[ex.source]
         mine, other = (n_unsafe, n_safe) if ex.unsafe else (n_safe, n_unsafe)
         raw.append((other / mine) ** power if 0 < mine < other else 1.0)
+    return _mean_one(raw)
+
+
+def _mean_one(raw: list[float]) -> list[float]:
     mean = sum(raw) / len(raw) if raw else 1.0
-    return [w / mean for w in raw]
+    return [w / mean for w in raw] if mean > 0 else raw
 
 
 def source_weights(
@@ -170,8 +175,14 @@ def source_weights(
         w * (human_weight if ex.source == "human" else 1.0)
         for w, ex in zip(class_weights(examples, balance), examples, strict=True)
     ]
-    mean = sum(raw) / len(raw) if raw else 1.0
-    return [w / mean for w in raw] if mean > 0 else raw
+    return _mean_one(raw)
+
+
+def template_ids(tok: PreTrainedTokenizerBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids of the guard template around the prompt: (prefix, infix), as in training."""
+    before, after = guard_template(tok, GUARD_SYSTEM)
+    enc = lambda t: tuple(tok.encode(t, add_special_tokens=False))  # noqa: E731
+    return enc(before), enc(after)
 
 
 def _batch(
@@ -204,9 +215,7 @@ def train_guard(
     dev = next(base.model.parameters()).device
     tok = base.tokenizer
     safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
-    before, after = guard_template(tok, GUARD_SYSTEM)
-    prefix = tuple(tok.encode(before, add_special_tokens=False))
-    infix = tuple(tok.encode(after, add_special_tokens=False))
+    prefix, infix = template_ids(tok)
     n_layers = int(base.model.config.num_hidden_layers)
     lora = LoraConfig(
         r=cfg.rank,
