@@ -16,3 +16,8 @@ def cache_dir() -> Path:
     root = Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "saffron").expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def artifacts_dir() -> Path:
+    """The embedded artifacts shipped with the package (adapters, committed attack answers)."""
+    return Path(__file__).resolve().parent / "artifacts"

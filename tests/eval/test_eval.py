@@ -71,6 +71,7 @@ def config(dataset: Path, **kw) -> EvalConfig:  # type: ignore[no-untyped-def]
         min_new_tokens=2,
         split="all",
         policy="tiny-random-llama",
+        attack_policy="tiny-random-llama",
         guard="tiny-guard",
     )
     base.update(kw)

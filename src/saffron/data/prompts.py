@@ -150,6 +150,30 @@ def _load_donotanswer() -> list[PromptRow]:
     return rows
 
 
+SETS_DIR = Path(__file__).resolve().parent / "sets"
+BENIGN_EVAL = "saffron-benign"
+BENIGN_TRAIN = "saffron-benign-train"
+# sets held out whole: every row is an evaluation row, none is ever trained on
+HELD_OUT_SETS = frozenset({BENIGN_EVAL})
+
+
+def _count_rows(file: str) -> int | None:
+    path = SETS_DIR / file
+    if not path.is_file():
+        return None
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _project_set(file: str) -> Callable[[], list[PromptRow]]:
+    """A prompt set written for Saffron (``data/sets/``), read as a JSONL prompt file."""
+
+    def load() -> list[PromptRow]:
+        rows = read_jsonl(SETS_DIR / file)
+        return [PromptRow(r.id, r.prompt, category=r.category, source=file) for r in rows]
+
+    return load
+
+
 def _hub_loader(name: str) -> Callable[[], list[PromptRow]]:
     def load() -> list[PromptRow]:
         from saffron.data import hub  # imported lazily: huggingface_hub is slow to import
@@ -202,6 +226,27 @@ _REGISTRY: dict[str, _Dataset] = {
                 True,
             ),
             _load_donotanswer,
+        ),
+        _Dataset(
+            DatasetInfo(
+                BENIGN_EVAL,
+                "benign prompts for over-refusal, most of them look harmful but are safe "
+                "(XSTest-style; written for Saffron, held out from all training)",
+                _count_rows("benign_eval.jsonl"),
+                "Apache-2.0 (project-written)",
+                True,
+            ),
+            _project_set("benign_eval.jsonl"),
+        ),
+        _Dataset(
+            DatasetInfo(
+                BENIGN_TRAIN,
+                "look-harmful-but-safe prompts that train-policy answers (written for Saffron)",
+                _count_rows("benign_train.jsonl"),
+                "Apache-2.0 (project-written)",
+                True,
+            ),
+            _project_set("benign_train.jsonl"),
         ),
         _Dataset(
             DatasetInfo(

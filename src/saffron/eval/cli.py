@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from saffron.errors import SaffronError
-from saffron.eval.run import EvalConfig
+from saffron.eval.run import ATTACK_POLICY, EvalConfig
 
 DEMO = EvalConfig(
     dataset="advbench",
@@ -59,7 +59,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--limit", type=int, default=None, help="first n prompts")
     ev.add_argument("--split", default="eval", help="eval (held out from training) | all")
-    ev.add_argument("--policy", default="smollm2-135m-instruct")
+    ev.add_argument("--policy", default=EvalConfig.policy, help="the policy under attack")
+    ev.add_argument(
+        "--attack-policy",
+        default=ATTACK_POLICY,
+        help="the unaligned policy whose harmful answers prefill:K uses where no committed "
+        "answer exists",
+    )
     ev.add_argument("--guard", default="smol-guard")
     ev.add_argument("--mrm", default="smol-mrm")
     ev.add_argument("--out", required=True, help="output directory (resumable)")
@@ -77,8 +83,48 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--reference-budget", type=int, default=None, help="default: its largest")
     cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
 
+    aa = sub.add_parser(
+        "attack-answers",
+        help="an unaligned policy's compliant answers, the source of prefill:K attacks",
+        description="Generate, once per prompt, the compliant answer whose first K tokens a "
+        "prefill:K attack prefills (greedy; seeded samples when the greedy answer is a refusal "
+        "or too short). Resumable. The eval splits of the named sets are committed in "
+        "artifacts/harmful-answers/.",
+    )
+    aa.add_argument("--dataset", required=True, help="a name from `saffron datasets` or a .jsonl")
+    aa.add_argument("--split", default="eval", help="eval | train | all")
+    aa.add_argument("--policy", default=ATTACK_POLICY, help="the unaligned policy that answers")
+    aa.add_argument("--out", default=None, help="JSONL (default: the committed file for eval)")
+    aa.add_argument("--limit", type=int, default=None, help="first n prompts")
+
     demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
     demo.add_argument("--out", default="out/demo", help="output directory")
+
+
+def cmd_attack_answers(args: argparse.Namespace) -> int:
+    from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
+    from saffron.eval.run import rows_of_split
+    from saffron.lm.policy import load_policy
+    from saffron.paths import cache_dir
+
+    rows = rows_of_split(args.dataset, args.split)[: args.limit]
+    if args.out:
+        out = Path(args.out)
+    elif args.split == "eval":
+        out = answers_path(args.dataset)
+    else:
+        out = answers_path(f"{Path(args.dataset).stem}-{args.split}", cache_dir() / "answers")
+    t0 = time.perf_counter()
+    done = write_harmful_answers(load_policy(args.policy), rows, out, AnswerConfig())
+    got = [done[r.id] for r in rows]
+    n_ok = sum(a.text is not None for a in got)
+    n_greedy = sum(a.decoding == "greedy" for a in got)
+    print(
+        f"{n_ok}/{len(got)} prompts have a compliant answer ({n_greedy} greedy, "
+        f"{n_ok - n_greedy} sampled, {len(got) - n_ok} none) in {out} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    return 0
 
 
 def _config(args: argparse.Namespace) -> EvalConfig:
@@ -95,6 +141,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         limit=args.limit,
         split=args.split,
         policy=args.policy,
+        attack_policy=args.attack_policy,
         guard=args.guard,
         mrm=args.mrm,
         method_budgets=tuple(_method_budgets(x) for x in args.method_budgets),
@@ -172,4 +219,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval,
     "compare": cmd_compare,
     "demo": cmd_demo,
+    "attack-answers": cmd_attack_answers,
 }

@@ -9,6 +9,7 @@ not counted in the compute) and by the refusal-phrase rule.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +19,23 @@ from typing import Any
 from tqdm import tqdm
 
 from saffron.data import PromptRow, is_refusal, load_prompts, train_eval_split
+from saffron.data.prompts import HELD_OUT_SETS, dataset_names
 from saffron.errors import SaffronError
-from saffron.eval.attack import Attack, parse_attack
+from saffron.eval.attack import (
+    AnswerConfig,
+    Attack,
+    answers_path,
+    parse_attack,
+    read_answers,
+    write_harmful_answers,
+)
 from saffron.eval.records import JsonlLog, claim_dir, record_key
+from saffron.lm.chat import ChatFormat
+from saffron.lm.policy import load_policy
 from saffron.search import SearchConfig, World, get_method, run_search
-from saffron.search.decoding import greedy_starts
 from saffron.types import TokenSequence
+
+ATTACK_POLICY = "smollm2-135m-instruct"  # the unaligned base writes the harmful answers
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,8 @@ class EvalConfig:
     seed: int = 0
     limit: int | None = None
     split: str = "eval"
-    policy: str = "smollm2-135m-instruct"
+    policy: str = "smol-aligned"
+    attack_policy: str = ATTACK_POLICY  # writes the harmful answers a prefill:K attack uses
     guard: str = "smol-guard"
     mrm: str = "smol-mrm"
     method_budgets: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per-method overrides
@@ -82,19 +95,35 @@ class EvalConfig:
 
 
 def weights_of(cfg: EvalConfig) -> dict[str, str | None]:
-    """Fingerprints of the guard and MRM weights the run uses (see ``fingerprint``)."""
-    from saffron.reward.loading import fingerprint
+    """Fingerprints of the policy, guard and MRM weights the run uses (see ``fingerprint``;
+    None for a model that is not an adapter folder, such as the base SmolLM2)."""
+    from saffron.lm.adapters import fingerprint
 
-    return {"guard": fingerprint(cfg.guard), "mrm": fingerprint(cfg.mrm)}
+    return {
+        "policy": fingerprint(cfg.policy),
+        "guard": fingerprint(cfg.guard),
+        "mrm": fingerprint(cfg.mrm),
+    }
+
+
+def rows_of_split(dataset: str, split: str) -> list[PromptRow]:
+    """The rows of ``split`` (``eval``, ``train`` or ``all``) of a set: the same split every
+    trainer uses, so a training prompt never appears in an ``eval`` selection."""
+    from saffron.train.corpus import EVAL_FRACTION
+
+    if split not in ("all", "eval", "train"):
+        raise SaffronError(f"split must be 'all', 'eval' or 'train', got {split!r}")
+    rows = load_prompts(dataset)
+    if split == "all":
+        return rows
+    if dataset in HELD_OUT_SETS:
+        return rows if split == "eval" else []
+    train, held = train_eval_split(rows, EVAL_FRACTION, seed=0, by="prompt")
+    return held if split == "eval" else train
 
 
 def select_rows(cfg: EvalConfig) -> list[PromptRow]:
-    rows = load_prompts(cfg.dataset)
-    if cfg.split == "eval":
-        # the same split the guard/MRM corpus used: their training prompts never appear here
-        from saffron.train.corpus import EVAL_FRACTION
-
-        _, rows = train_eval_split(rows, EVAL_FRACTION, seed=0, by="prompt")
+    rows = rows_of_split(cfg.dataset, cfg.split)
     return rows[: cfg.limit] if cfg.limit else rows
 
 
@@ -106,9 +135,12 @@ def budgets_for(cfg: EvalConfig, method: str) -> tuple[int, ...]:
     return dict(cfg.method_budgets).get(method, cfg.budgets)
 
 
-def choose_prefill(world: World, row: PromptRow, attack: Attack, cfg: EvalConfig) -> list[int]:
-    """The prefill's policy tokens for ``row`` (see :mod:`saffron.eval.attack`)."""
-    chat = world.policy.chat
+def choose_prefill(
+    chat: ChatFormat, row: PromptRow, attack: Attack, answer: str | None
+) -> list[int] | None:
+    """The prefill's policy tokens for ``row`` (see :mod:`saffron.eval.attack`); ``answer`` is
+    the harmful answer a ``prefill:K`` attack falls back on. None: the attack has nothing to
+    prefill for this prompt (no compliant harmful answer), and the prompt is skipped."""
     if attack.kind == "none":
         return []
     if row.prefill:
@@ -117,8 +149,18 @@ def choose_prefill(world: World, row: PromptRow, attack: Attack, cfg: EvalConfig
         return []
     if row.reference:
         return list(chat.encode(row.reference))[: attack.tokens]
-    seq = chat.sequence(row.prompt, reserve=cfg.max_new_tokens)
-    return list(greedy_starts(world.policy, [seq], attack.tokens)[0])
+    if answer is None:
+        return None
+    return list(chat.encode(answer))[: attack.tokens]
+
+
+def needs_answer(row: PromptRow, attack: Attack) -> bool:
+    """Whether the attack takes this row's prefill from a harmful answer."""
+    return (
+        attack.kind == "prefill"
+        and attack.tokens is not None
+        and not (row.prefill or row.reference)
+    )
 
 
 def run_eval(
@@ -152,10 +194,17 @@ def run_eval(
         return records.rows
     world = world_factory(cfg)
     prefills = _prefills(out, rows, world, attack, cfg)
+    skipped = {row.id for row in rows if prefills[row.id] is None}
+    if skipped:
+        print(
+            f"{len(skipped)} prompts skipped: no compliant harmful answer to prefill",
+            file=sys.stderr,
+        )
+        todo = [t for t in todo if t[0].id not in skipped]
     unsafe = sum(bool(r["unsafe"]) for r in records.rows)
     with tqdm(total=len(todo), desc="eval") as bar:
         for row, method, budget in todo:
-            rec = evaluate_one(world, row, prefills[row.id], method, budget, cfg)
+            rec = evaluate_one(world, row, prefills[row.id] or [], method, budget, cfg)
             records.append(rec)
             unsafe += rec["unsafe"]
             bar.update(1)
@@ -167,17 +216,44 @@ def run_eval(
 
 def _prefills(
     out: Path, rows: list[PromptRow], world: World, attack: Attack, cfg: EvalConfig
-) -> dict[str, list[int]]:
+) -> dict[str, list[int] | None]:
+    """Each row's prefill, chosen once and logged in ``prefills.jsonl`` (a resumed run reuses
+    them). Harmful answers come from the committed file of a named set; prompts it lacks are
+    answered now by ``cfg.attack_policy`` into ``harmful-answers.jsonl`` of the run."""
     log = JsonlLog(out / "prefills.jsonl")
-    known = {str(r["prompt_id"]): list(r["tokens"]) for r in log.rows}
-    for row in rows:
-        if row.id not in known:
-            _clear(world)
-            toks = choose_prefill(world, row, attack, cfg)
-            text = world.policy.chat.decode(tuple(toks))
-            log.append({"prompt_id": row.id, "tokens": toks, "text": text})
-            known[row.id] = toks
+    known = {str(r["prompt_id"]): r["tokens"] for r in log.rows}
+    todo = [r for r in rows if r.id not in known]
+    answers = _harmful_answers(out, [r for r in todo if needs_answer(r, attack)], world, cfg)
+    for row in todo:
+        toks = choose_prefill(world.policy.chat, row, attack, answers.get(row.id))
+        text = None if toks is None else world.policy.chat.decode(tuple(toks))
+        log.append({"prompt_id": row.id, "tokens": toks, "text": text})
+        known[row.id] = toks
     return known
+
+
+def _harmful_answers(
+    out: Path, rows: list[PromptRow], world: World, cfg: EvalConfig
+) -> dict[str, str | None]:
+    if not rows:
+        return {}
+    committed = read_answers(answers_path(cfg.dataset)) if cfg.dataset in dataset_names() else {}
+    found = {
+        r.id: committed[r.id].text
+        for r in rows
+        if r.id in committed and committed[r.id].prompt == r.prompt
+    }
+    missing = [r for r in rows if r.id not in found]
+    if missing:
+        _clear(world)
+        attacker = (
+            world.policy if cfg.attack_policy == cfg.policy else load_policy(cfg.attack_policy)
+        )
+        made = write_harmful_answers(
+            attacker, missing, out / "harmful-answers.jsonl", AnswerConfig(seed=cfg.seed)
+        )
+        found |= {r.id: made[r.id].text for r in missing}
+    return found
 
 
 def _clear(world: World) -> None:

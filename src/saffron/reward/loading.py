@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
+from saffron.lm.adapters import merged_adapter
 from saffron.lm.backend import TrieBackend
-from saffron.lm.models import SMOLLM2, LoadedModel, load_model
+from saffron.lm.models import SMOLLM2, load_model
+from saffron.paths import artifacts_dir
 from saffron.reward.base import Guard
 from saffron.reward.guard import GUARD_SYSTEM, ReadoutGuard, SuffixGuard
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = artifacts_dir()
 SMOL_GUARD = "smol-guard"
 LLAMA_GUARD = "meta-llama/Llama-Guard-3-1B"
 GUARDS = {
@@ -24,54 +24,8 @@ GUARDS = {
 }
 
 
-def save_adapter(model: PeftModel, folder: Path, base_name: str) -> None:
-    """``save_pretrained`` without machine paths: the adapter names its base by registry name.
-
-    PEFT records the base model's local folder (a path in this machine's cache) and writes a
-    generic model card; neither belongs in a committed artifact. Saffron loads the base by name
-    and applies the adapter to it, so ``base_model_name_or_path`` is informative only.
-    """
-    model.save_pretrained(str(folder))
-    (folder / "README.md").unlink(missing_ok=True)
-    cfg_path = folder / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["base_model_name_or_path"] = base_name
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def adapter_dir(name: str) -> Path:
     return ARTIFACTS / name
-
-
-def fingerprint(name: str) -> str | None:
-    """sha256 over the weight files of an embedded artifact (``smol-guard``, ``smol-mrm``) or a
-    local folder; None for names that are not folders here (hub ids). Lets an eval run refuse
-    to resume with different weights under the same name."""
-    folder = ARTIFACTS / name if (ARTIFACTS / name).is_dir() else Path(name).expanduser()
-    if not folder.is_dir():
-        return None
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def merged_adapter(base_name: str, folder: Path, name: str) -> LoadedModel:
-    """Base model with the LoRA adapter in ``folder`` merged in (no extra latency)."""
-    if not (folder / "adapter_config.json").is_file():
-        raise SaffronError(
-            f"the {name} artifacts are missing in {folder}; reinstall Saffron or run "
-            f"`saffron train-guard`"
-        )
-    base = load_model(base_name)
-    try:
-        peft_model = PeftModel.from_pretrained(base.model, str(folder))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SaffronError(f"the {name} adapter in {folder} is corrupt: {err}") from err
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
 
 
 def load_guard(
@@ -94,7 +48,7 @@ def load_guard(
             if (folder / "meta.json").is_file()
             else {}
         )
-        loaded = merged_adapter(meta.get("base", SMOLLM2), folder, name)
+        loaded = merged_adapter(meta.get("base", SMOLLM2), folder, name, trainer="train-guard")
         return ReadoutGuard(
             TrieBackend(loaded, **budget),
             name=name,

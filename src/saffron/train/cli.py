@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from saffron.errors import SaffronError
 from saffron.errors import integer as _int
+
+if TYPE_CHECKING:
+    from saffron.data import PromptRow
+    from saffron.lm.policy import Policy
+    from saffron.train.policy_train import PolicyData, PolicyTrainConfig
 
 
 def _unit(text: str) -> float:
@@ -25,6 +32,7 @@ DEFAULT_POLICY = "smollm2-135m-instruct"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_train_policy(sub)
     tg = sub.add_parser("train-guard", help="train the embedded smol-guard (LoRA on SmolLM2)")
     tg.add_argument("--seed", type=_int, default=0)
     tg.add_argument("--epochs", type=_int, default=1)
@@ -102,6 +110,128 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tm.add_argument("--seed", type=_int, default=0)
 
 
+def _add_train_policy(sub: argparse._SubParsersAction) -> None:
+    from saffron.train.policy_train import PolicyTrainConfig
+
+    d = PolicyTrainConfig()
+    tp = sub.add_parser(
+        "train-policy",
+        help="safety fine-tuning of a policy with LoRA (the embedded smol-aligned)",
+        description="Teach a policy to refuse harmful requests (train splits -> varied written "
+        "refusals) while keeping its helpfulness (benign prompts -> its own answers). "
+        "--deep adds deep-alignment examples (a harmful start, then a recovery). Examples: "
+        "saffron train-policy  (-> smol-aligned);  saffron train-policy --deep 0.5 --out "
+        "src/saffron/artifacts/smol-aligned-deep",
+    )
+    tp.add_argument("--base", default=DEFAULT_POLICY, help="the policy to align")
+    tp.add_argument("--out", default=None, help="output folder (default: embedded smol-aligned)")
+    tp.add_argument(
+        "--data",
+        default=None,
+        help='JSONL of {"prompt", "harmful": bool, "response"?} rows instead of the built-in mix',
+    )
+    tp.add_argument(
+        "--deep",
+        type=_unit,
+        default=d.deep_fraction,
+        metavar="FRACTION",
+        help="share of harmful prompts that also get a deep-alignment example",
+    )
+    tp.add_argument(
+        "--deep-max-prefix",
+        type=_int,
+        default=d.deep_max_prefix,
+        help="longest harmful start of a deep example, in tokens",
+    )
+    tp.add_argument("--per-set", type=_int, default=d.per_set, help="harmful prompts per set")
+    tp.add_argument(
+        "--redirect-fraction",
+        type=_unit,
+        default=d.redirect_fraction,
+        help="share of refusals followed by a safe redirection",
+    )
+    tp.add_argument("--epochs", type=_int, default=d.epochs)
+    tp.add_argument("--batch-size", type=_int, default=d.batch_size)
+    tp.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    tp.add_argument("--rank", type=_int, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
+    tp.add_argument("--seed", type=_int, default=d.seed)
+    tp.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
+
+
+def cmd_train_policy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saffron.lm.adapters import artifact_folder
+    from saffron.lm.models import ALIGNED, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.train.policy_train import (
+        PolicyTrainConfig,
+        check_out_dir,
+        policy_examples,
+        read_policy_data,
+        train_policy,
+    )
+
+    cfg = PolicyTrainConfig(
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        rank=args.rank,
+        per_set=args.per_set,
+        redirect_fraction=args.redirect_fraction,
+        deep_fraction=args.deep,
+        deep_max_prefix=args.deep_max_prefix,
+    )
+    out = Path(args.out) if args.out else artifact_folder(ALIGNED)
+    check_out_dir(out, args.base)
+    user_file = read_policy_data(Path(args.data)) if args.data else None
+    base = load_model(args.base, device=args.device)
+    policy = make_policy(base)
+    data = _policy_data(policy, args.base, cfg, user_file)
+    examples = policy_examples(policy.chat, data, cfg)
+    policy.backend.clear()
+    info: dict[str, object] = {"data": Path(args.data).name if args.data else "built-in"}
+    meta = train_policy(base, examples, out, cfg, info)
+    print(json.dumps(meta, indent=2))
+    print(f"policy written to {out}")
+    return 0
+
+
+def _policy_data(
+    policy: Policy,
+    base: str,
+    cfg: PolicyTrainConfig,
+    user_file: tuple[list[PromptRow], list[tuple[str, str]]] | None,
+) -> PolicyData:
+    """The built-in mix (train splits, benign prompts answered by the base itself, harmful
+    answers for deep examples), or the rows of a ``--data`` file."""
+    from saffron.data import load_prompts
+    from saffron.data.prompts import BENIGN_TRAIN
+    from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
+    from saffron.paths import cache_dir
+    from saffron.train.corpus import training_prompts
+    from saffron.train.policy_train import PolicyData, self_answers
+    from saffron.train.texts import benign_prompts
+
+    if user_file is not None:
+        harmful, user = user_file
+        return PolicyData(harmful, {}, [], user)
+    harmful = training_prompts(cfg.seed, cfg.per_set)
+    prompts = benign_prompts() + [r.prompt for r in load_prompts(BENIGN_TRAIN)]
+    cached = cache_dir() / "policy-data" / f"{Path(base).name}-greedy{cfg.max_answer_tokens}.jsonl"
+    benign = self_answers(policy, prompts, cached, cfg.max_answer_tokens)
+    answers: dict[str, str] = {}
+    if cfg.deep_fraction > 0:
+        # the harmful starts come from the base itself (unaligned), as the eval's attack
+        for source in sorted({r.source for r in harmful}):
+            rows = [r for r in harmful if r.source == source]
+            path = answers_path(f"{source}-train", cache_dir() / "answers")
+            done = write_harmful_answers(policy, rows, path, AnswerConfig())
+            answers.update({k: a.text for k, a in done.items() if a.text})
+    return PolicyData(harmful, answers, benign, [])
+
+
 def cmd_train_guard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -170,7 +300,8 @@ def _default_labels(guard: str, corpus: str) -> str:
 def cmd_label(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from saffron.reward.loading import fingerprint, load_guard
+    from saffron.lm.adapters import fingerprint
+    from saffron.reward.loading import load_guard
     from saffron.train.label import LabelConfig, label_corpus, load_tokenizer, read_corpus
 
     cfg = LabelConfig(shard_size=args.shard_size, batch_size=args.batch_size)
@@ -200,7 +331,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_train_mrm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from saffron.reward.loading import fingerprint
+    from saffron.lm.adapters import fingerprint
     from saffron.reward.mrm import vocab_hash
     from saffron.reward.mrm_load import guard_backbone, mrm_dir
     from saffron.train.label import load_tokenizer, read_labels
@@ -254,4 +385,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-guard": cmd_train_guard,
     "label": cmd_label,
     "train-mrm": cmd_train_mrm,
+    "train-policy": cmd_train_policy,
 }

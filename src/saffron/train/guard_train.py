@@ -18,28 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
-from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from saffron.data import ScorerRow, is_refusal, load_scorer_rows
 from saffron.errors import SaffronError
+from saffron.lm.adapters import save_adapter
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
-from saffron.reward.loading import save_adapter
 from saffron.train.corpus import REDIRECT, CorpusItem
+from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
 
 HUMAN_HELDOUT_FRACTION = 0.3
 MAX_PROMPT_TOKENS = 96
@@ -203,6 +197,28 @@ def _batch(
     return ids, attn, resp, last
 
 
+def guard_loss(
+    decoder: nn.Module,
+    diff: Tensor,
+    batch: list[GuardExample],
+    w: Tensor,
+    ids_of: Callable[[list[GuardExample]], tuple[Tensor, Tensor, Tensor, Tensor]],
+) -> Tensor:
+    """Weighted logistic loss on the final verdict plus half the weighted mean over every
+    answer prefix (the process reward), with reward = diff · h (see the module doc)."""
+    dev = w.device
+    ids, attn, resp, last = (t.to(dev) for t in ids_of(batch))
+    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+    reward = hidden @ diff  # (B, T)
+    target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch], device=dev)
+    final = reward[torch.arange(len(batch), device=dev), last]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    loss_final = (w * bce(final, target, reduction="none")).mean()
+    per_pos = bce(reward, target[:, None].expand_as(reward), reduction="none")
+    loss_proc = (per_pos * resp * w[:, None]).sum() / resp.sum().clamp(min=1)
+    return loss_final + 0.5 * loss_proc
+
+
 def train_guard(
     base: LoadedModel, examples: list[GuardExample], out_dir: Path, cfg: GuardTrainConfig
 ) -> dict[str, object]:
@@ -217,66 +233,37 @@ def train_guard(
     safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
     prefix, infix = template_ids(tok)
     n_layers = int(base.model.config.num_hidden_layers)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=0.0,
-        target_modules=list(cfg.targets),
-        layers_to_transform=list(range(min(cfg.first_layer, n_layers - 1), n_layers)),
-    )
-    model = get_peft_model(base.model, lora)
+    spec = LoraSpec(cfg.rank, cfg.alpha, cfg.targets, min(cfg.first_layer, n_layers - 1))
+    model = add_lora(base.model, spec)
     model.train()
     decoder: nn.Module = base.model.base_model  # the decoder inside, now carrying LoRA layers
     head_w = base.model.get_output_embeddings().weight.detach()
     diff = (head_w[safe_id] - head_w[unsafe_id]).clone()  # reward = diff · h
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    rng = random.Random(cfg.seed)
-    order = list(range(len(examples)))
-    weights = source_weights(examples, cfg.balance, cfg.human_weight)
-    steps = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps)
+    weights = torch.tensor(source_weights(examples, cfg.balance, cfg.human_weight), device=dev)
+    pad = int(tok.pad_token_id or 0)
+    loop = LoopConfig(
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        warmup=20,
+        decay=True,
+        clip=1.0,
+        desc="train-guard",
     )
-    t0, losses = time.perf_counter(), []
-    with tqdm(total=steps, desc="train-guard") as bar:
-        for _ in range(cfg.epochs):
-            batches = _length_grouped(order, examples, cfg.batch_size, rng)
-            for idx in batches:
-                batch = [examples[i] for i in idx]
-                ids, attn, resp, last = (
-                    t.to(dev) for t in _batch(batch, prefix, infix, int(tok.pad_token_id or 0))
-                )
-                hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
-                reward = hidden @ diff  # (B, T)
-                target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch], device=dev)
-                w = torch.tensor([weights[i] for i in idx], device=dev)
-                final = reward[torch.arange(len(batch), device=dev), last]
-                loss_final = (
-                    w
-                    * torch.nn.functional.binary_cross_entropy_with_logits(
-                        final, target, reduction="none"
-                    )
-                ).mean()
-                per_pos = torch.nn.functional.binary_cross_entropy_with_logits(
-                    reward, target[:, None].expand_as(reward), reduction="none"
-                )
-                pos_w = resp * w[:, None]
-                loss_proc = (per_pos * pos_w).sum() / resp.sum().clamp(min=1)
-                loss = loss_final + 0.5 * loss_proc
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    # write next to the target, then swap: a failed run never leaves half an adapter
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    save_adapter(model, tmp, base.name)
-    tmp.chmod(0o755)
+    t0 = time.perf_counter()
+    losses = run_loop(
+        adamw([{"params": params}], cfg.lr),
+        [len(ex.prompt) + len(ex.response) for ex in examples],
+        lambda idx: guard_loss(
+            decoder,
+            diff,
+            [examples[i] for i in idx],
+            weights[idx],
+            lambda b: _batch(b, prefix, infix, pad),
+        ),
+        loop,
+    )
     meta = {
         "base": base.name,
         "safe_token": cfg.safe_word,
@@ -285,32 +272,18 @@ def train_guard(
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
         "examples": len(examples),
         "examples_by_source": _count(examples),
-        "steps": steps,
-        "final_loss_mean20": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "steps": len(losses),
+        "final_loss_mean20": mean(losses[-20:]) or 0.0,
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+
+    def write(tmp: Path) -> None:
+        save_adapter(model, tmp, base.name)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    # written beside the target, then swapped in: a failed run never leaves half an adapter
+    save_folder(out_dir, write)
     return meta
-
-
-def _length_grouped(
-    order: list[int], examples: list[GuardExample], size: int, rng: random.Random
-) -> list[list[int]]:
-    """Shuffled batches of similar length (less padding); batch order is random too."""
-    rng.shuffle(order)
-    window = size * 16
-    batches: list[list[int]] = []
-    for w in range(0, len(order), window):
-        chunk = sorted(
-            order[w : w + window],
-            key=lambda i: len(examples[i].prompt) + len(examples[i].response),
-        )
-        batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
-    rng.shuffle(batches)
-    return batches
 
 
 def _count(examples: list[GuardExample]) -> dict[str, dict[str, int]]:

@@ -34,27 +34,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from saffron.errors import SaffronError
+from saffron.lm.adapters import save_adapter
 from saffron.lm.models import LoadedModel
-from saffron.reward.loading import save_adapter
 from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
 from saffron.train.label import LabelledItem
+from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
 
 
 @dataclass(frozen=True)
@@ -158,20 +153,8 @@ class MRMTrainer:
     def __init__(self, backbone: LoadedModel, layout: Layout, cfg: MRMTrainConfig) -> None:
         torch.manual_seed(cfg.seed)
         self.cfg, self.layout, self.backbone = cfg, layout, backbone
-        n_layers = int(backbone.model.config.num_hidden_layers)
-        if cfg.first_layer >= n_layers:
-            raise SaffronError(f"first_layer {cfg.first_layer} ≥ the backbone's {n_layers} layers")
-        lora = LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=0.0,
-            target_modules=list(cfg.targets),
-            layers_to_transform=list(range(cfg.first_layer, n_layers)),
-        )
-        try:
-            self.peft: PeftModel = get_peft_model(backbone.model, lora)
-        except ValueError as err:
-            raise SaffronError(f"LoRA targets {list(cfg.targets)} do not fit: {err}") from err
+        spec = LoraSpec(cfg.rank, cfg.alpha, cfg.targets, cfg.first_layer)
+        self.peft: PeftModel = add_lora(backbone.model, spec)
         self.decoder: nn.Module = backbone.model.base_model  # the decoder, with LoRA layers
         head = backbone.model.get_output_embeddings()
         vocab = int(head.weight.shape[0])
@@ -182,11 +165,7 @@ class MRMTrainer:
             {"params": lora_params},
             {"params": [self.head.bias], "lr": cfg.bias_lr},
         ]
-        self.opt = torch.optim.AdamW(
-            groups,
-            lr=cfg.lr,
-            weight_decay=0.0,
-        )
+        self.opt = adamw(groups, cfg.lr)
         self.pad = int(backbone.tokenizer.pad_token_id or 0)
         self.device = next(backbone.model.parameters()).device
 
@@ -203,19 +182,16 @@ class MRMTrainer:
         h = hidden[batch.row.to(dev), batch.pos.to(dev)]  # (N, d)
         return self.head.gather(h, batch.token.to(dev))
 
+    def loss(self, batch: Batch) -> Tensor:
+        """The partial-supervision loss (Eq. 5) of ``batch``, in training mode."""
+        self.peft.train()
+        return torch.mean((self.predict(batch) - batch.target.to(self.device)) ** 2)
+
     def backward(self, batch: Batch) -> float:
         """Accumulate gradients of the partial-supervision loss (Eq. 5); returns the loss."""
-        self.peft.train()
-        loss = torch.mean((self.predict(batch) - batch.target.to(self.device)) ** 2)
+        loss = self.loss(batch)
         loss.backward()
         return float(loss.detach())
-
-    def step(self, batch: Batch) -> float:
-        """One AdamW step on ``batch``; returns the loss before the step."""
-        loss = self.backward(batch)
-        self.opt.step()
-        self.opt.zero_grad()
-        return loss
 
     def predictions(self, items: list[LabelledItem], batch_size: int = 8) -> list[Tensor]:
         """Training-time forward (no grad) for each item: (len(response),) float32."""
@@ -229,59 +205,34 @@ class MRMTrainer:
         return out
 
     def fit(self, items: list[LabelledItem]) -> list[float]:
-        """Train on ``items`` for ``cfg.epochs`` (or ``cfg.max_steps``); per-step losses."""
+        """Train on ``items`` for ``cfg.epochs`` (or ``cfg.max_steps``); per-step losses.
+
+        Constant learning rates, no clipping (the paper's recipe)."""
         cfg = self.cfg
-        rng = random.Random(cfg.seed)
-        steps = cfg.epochs * math.ceil(len(items) / cfg.batch_size)
-        if cfg.max_steps is not None:
-            steps = min(steps, cfg.max_steps)
-        losses: list[float] = []
-        with tqdm(total=steps, desc="train-mrm") as bar:
-            for _ in range(cfg.epochs):
-                for idx in _shuffled_batches(items, cfg.batch_size, rng):
-                    if len(losses) == steps:
-                        return losses
-                    batch = make_batch([items[i] for i in idx], self.layout, self.pad)
-                    losses.append(self.step(batch))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-        return losses
+        loop = LoopConfig(
+            seed=cfg.seed,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            max_steps=cfg.max_steps,
+            desc="train-mrm",
+        )
+        lengths = [len(it.prompt) + len(it.response) for it in items]
+
+        def loss(idx: list[int]) -> Tensor:
+            return self.loss(make_batch([items[i] for i in idx], self.layout, self.pad))
+
+        return run_loop(self.opt, lengths, loss, loop)
 
     def save(self, out_dir: Path, unseen: Tensor, meta: dict[str, object]) -> None:
         """Write adapter, bias, unseen mask and meta.json; swap into ``out_dir`` at the end."""
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             save_adapter(self.peft, tmp, str(meta.get("base_guard", "")))
-            tmp.chmod(0o755)
             save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
             save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            old = None
-            if out_dir.exists():
-                old = out_dir.parent / f".{out_dir.name}-old-{os.getpid()}"
-                os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            if old is not None:
-                shutil.rmtree(old)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
 
-
-def _shuffled_batches(items: list[LabelledItem], size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of similar length inside windows of 16 batches; batch order random."""
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    window = size * 16
-    batches: list[list[int]] = []
-    for w in range(0, len(order), window):
-        chunk = sorted(
-            order[w : w + window], key=lambda i: len(items[i].prompt) + len(items[i].response)
-        )
-        batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
-    rng.shuffle(batches)
-    return batches
+        save_folder(out_dir, write)
 
 
 def check_labels(label_meta: dict[str, object], vocab_hash: str, vocab: int, policy: str) -> None:
@@ -332,13 +283,9 @@ def train_mrm(
         "heldout_items": len(held),
         "unseen_tokens": int(unseen.sum()),
         "steps": len(losses),
-        "first_loss_mean50": _mean(losses[:50]),
-        "final_loss_mean50": _mean(losses[-50:]),
+        "first_loss_mean50": mean(losses[:50]),
+        "final_loss_mean50": mean(losses[-50:]),
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
     trainer.save(out_dir, unseen, meta)
     return meta
-
-
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None

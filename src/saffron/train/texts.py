@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 BENIGN_TEMPLATES = (
     "Explain how {} works in simple terms.",
@@ -96,3 +100,25 @@ def benign_prompts() -> list[str]:
 def refusal(rng: random.Random) -> str:
     """A refusal, sometimes followed by a safe redirection."""
     return rng.choice(REFUSALS) + rng.choice(REDIRECTIONS)
+
+
+@dataclass(frozen=True)
+class WrittenTexts:
+    """The texts ``train-policy`` teaches: refusals, safe redirections (each starts with a
+    space) and recoveries (each continues a cut-off harmful answer into a refusal)."""
+
+    refusals: tuple[str, ...]
+    redirections: tuple[str, ...]
+    recoveries: tuple[str, ...]
+
+
+@lru_cache(maxsize=1)
+def written_texts() -> WrittenTexts:
+    """The refusals above plus those of ``data/sets/refusals.json`` (project-written)."""
+    path = Path(__file__).resolve().parent.parent / "data" / "sets" / "refusals.json"
+    extra = json.loads(path.read_text(encoding="utf-8"))
+    return WrittenTexts(
+        refusals=REFUSALS + tuple(extra["refusals"]),
+        redirections=tuple(r for r in REDIRECTIONS if r) + tuple(extra["redirections"]),
+        recoveries=tuple(extra["recoveries"]),
+    )

@@ -1,0 +1,98 @@
+"""LoRA adapters over registered base models: saving without machine paths, merging, and the
+weight fingerprint that lets a run refuse to resume with other weights under the same name.
+
+Every trained embedded artifact (``smol-guard``, ``smol-mrm``, ``smol-aligned``, …) is a PEFT
+adapter folder in :func:`saffron.paths.artifacts_dir` whose ``adapter_config.json`` names its
+base by registry name, plus a ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from saffron.errors import SaffronError
+from saffron.lm.models import LoadedModel, load_model
+from saffron.paths import artifacts_dir
+
+
+def save_adapter(model: PeftModel, folder: Path, base_name: str) -> None:
+    """``save_pretrained`` without machine paths: the adapter names its base by registry name.
+
+    PEFT records the base model's local folder (a path in this machine's cache) and writes a
+    generic model card; neither belongs in a committed artifact. Saffron loads the base by name
+    and applies the adapter to it, so ``base_model_name_or_path`` is informative only.
+    """
+    model.save_pretrained(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = base_name
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def artifact_folder(name: str) -> Path:
+    """The folder of an embedded artifact name, else ``name`` read as a path."""
+    embedded = artifacts_dir() / name
+    return embedded if embedded.is_dir() else Path(name).expanduser()
+
+
+def fingerprint(name: str) -> str | None:
+    """sha256 over the weight files of an embedded artifact (``smol-guard``, ``smol-mrm``,
+    ``smol-aligned``) or a local folder; None for names that are not folders here (hub ids,
+    built-in models). Lets an eval run refuse to resume with different weights."""
+    folder = artifact_folder(name)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def merged_adapter(
+    base_name: str,
+    folder: Path,
+    name: str,
+    *,
+    trainer: str = "",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """Base model with the LoRA adapter in ``folder`` merged in (no extra latency).
+
+    ``trainer`` names the command that writes such a folder, for the error message.
+    """
+    if not (folder / "adapter_config.json").is_file():
+        how = f" or run `saffron {trainer}`" if trainer else ""
+        raise SaffronError(f"the {name} artifacts are missing in {folder}; reinstall Saffron{how}")
+    base = load_model(base_name, dtype=dtype)
+    try:
+        peft_model = PeftModel.from_pretrained(base.model, str(folder))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise SaffronError(f"the {name} adapter in {folder} is corrupt: {err}") from err
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
+
+
+def load_policy_adapter(name: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A policy written by ``saffron train-policy`` (an embedded name such as ``smol-aligned``,
+    or its folder): the base named in its ``meta.json`` with the adapter merged in."""
+    folder = artifact_folder(name)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise SaffronError(
+            f"the policy {name} is missing ({meta_path} not found); reinstall Saffron or run "
+            "`saffron train-policy`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        base = str(meta["base"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SaffronError(f"the policy {name}'s meta.json is corrupt: {err}") from err
+    return merged_adapter(base, folder, name, trainer="train-policy", dtype=dtype)
