@@ -161,9 +161,9 @@ def _add_train_policy(sub: argparse._SubParsersAction) -> None:
 def cmd_train_policy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from saffron.lm.adapters import artifact_folder
     from saffron.lm.models import ALIGNED, load_model
     from saffron.lm.policy import make_policy
+    from saffron.paths import artifacts_dir
     from saffron.train.policy_train import (
         PolicyTrainConfig,
         check_out_dir,
@@ -183,7 +183,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         deep_fraction=args.deep,
         deep_max_prefix=args.deep_max_prefix,
     )
-    out = Path(args.out) if args.out else artifact_folder(ALIGNED)
+    out = Path(args.out) if args.out else artifacts_dir() / ALIGNED
     check_out_dir(out, args.base)
     user_file = read_policy_data(Path(args.data)) if args.data else None
     base = load_model(args.base, device=args.device)
