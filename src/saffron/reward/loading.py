@@ -57,14 +57,15 @@ def fingerprint(name: str) -> str | None:
     return h.hexdigest()[:16]
 
 
-def merged_adapter(base_name: str, folder: Path, name: str) -> LoadedModel:
-    """Base model with the LoRA adapter in ``folder`` merged in (no extra latency)."""
+def merged_adapter(base_name: str, folder: Path, name: str, device: str = "cpu") -> LoadedModel:
+    """Base model (on ``device``) with the LoRA adapter in ``folder`` merged in (no extra
+    latency)."""
     if not (folder / "adapter_config.json").is_file():
         raise SaffronError(
             f"the {name} artifacts are missing in {folder}; reinstall Saffron or run "
             f"`saffron train-guard`"
         )
-    base = load_model(base_name)
+    base = load_model(base_name, device=device)
     try:
         peft_model = PeftModel.from_pretrained(base.model, str(folder))
     except (OSError, ValueError, RuntimeError, KeyError) as err:
@@ -79,12 +80,13 @@ def load_guard(
     policy_tokenizer: PreTrainedTokenizerBase | None = None,
     *,
     kv_budget: int | None = None,
+    device: str = "cpu",
 ) -> Guard:
     """A guard by name: ``smol-guard``, ``meta-llama/Llama-Guard-3-1B``, or a local folder
     holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``).
 
     ``policy_tokenizer`` is the tokenizer of the token ids the guard will be given (default: the
-    guard's own).
+    guard's own). ``device``: the torch device the guard's network runs on.
     """
     budget = {} if kv_budget is None else {"max_bytes": kv_budget}
     if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
@@ -94,7 +96,7 @@ def load_guard(
             if (folder / "meta.json").is_file()
             else {}
         )
-        loaded = merged_adapter(meta.get("base", SMOLLM2), folder, name)
+        loaded = merged_adapter(meta.get("base", SMOLLM2), folder, name, device)
         return ReadoutGuard(
             TrieBackend(loaded, **budget),
             name=name,
@@ -104,7 +106,7 @@ def load_guard(
             unsafe_word=meta.get("unsafe_token", " unsafe"),
         )
     if name == LLAMA_GUARD or "/" in name:
-        loaded = load_model(name)
+        loaded = load_model(name, device=device)
         return SuffixGuard(
             TrieBackend(loaded, **budget),
             name=name,
