@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Client, call, error_of
+from serve_client import Client, call, error_of
 
 from saffron.search import SearchConfig, World, run_search
 from saffron.serve.protocol import ServeSettings
