@@ -62,15 +62,17 @@ def merged_adapter(
     *,
     trainer: str = "",
     dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> LoadedModel:
     """Base model with the LoRA adapter in ``folder`` merged in (no extra latency).
 
-    ``trainer`` names the command that writes such a folder, for the error message.
+    ``trainer`` names the command that writes such a folder, for the error message; the base
+    is loaded on ``device``.
     """
     if not (folder / "adapter_config.json").is_file():
         how = f" or run `saffron {trainer}`" if trainer else ""
         raise SaffronError(f"the {name} artifacts are missing in {folder}; reinstall Saffron{how}")
-    base = load_model(base_name, dtype=dtype)
+    base = load_model(base_name, dtype=dtype, device=device)
     try:
         peft_model = PeftModel.from_pretrained(base.model, str(folder))
     except (OSError, ValueError, RuntimeError, KeyError) as err:

@@ -33,12 +33,13 @@ def load_guard(
     policy_tokenizer: PreTrainedTokenizerBase | None = None,
     *,
     kv_budget: int | None = None,
+    device: str = "cpu",
 ) -> Guard:
     """A guard by name: ``smol-guard``, ``meta-llama/Llama-Guard-3-1B``, or a local folder
     holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``).
 
     ``policy_tokenizer`` is the tokenizer of the token ids the guard will be given (default: the
-    guard's own).
+    guard's own). ``device``: the torch device the guard's network runs on.
     """
     budget = {} if kv_budget is None else {"max_bytes": kv_budget}
     if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
@@ -48,7 +49,9 @@ def load_guard(
             if (folder / "meta.json").is_file()
             else {}
         )
-        loaded = merged_adapter(meta.get("base", SMOLLM2), folder, name, trainer="train-guard")
+        loaded = merged_adapter(
+            meta.get("base", SMOLLM2), folder, name, trainer="train-guard", device=device
+        )
         return ReadoutGuard(
             TrieBackend(loaded, **budget),
             name=name,
@@ -58,7 +61,7 @@ def load_guard(
             unsafe_word=meta.get("unsafe_token", " unsafe"),
         )
     if name == LLAMA_GUARD or "/" in name:
-        loaded = load_model(name)
+        loaded = load_model(name, device=device)
         return SuffixGuard(
             TrieBackend(loaded, **budget),
             name=name,

@@ -51,11 +51,11 @@ def mrm_dir(name: str = SMOL_MRM) -> Path:
     return ARTIFACTS / name
 
 
-def guard_backbone(guard_name: str) -> tuple[LoadedModel, Layout]:
+def guard_backbone(guard_name: str, device: str = "cpu") -> tuple[LoadedModel, Layout]:
     """The guard's network (LoRA merged; a fresh copy the caller may modify) and the MRM input
     layout that goes with it: a readout guard's own judge template, else the released
     Saffron-1 layout."""
-    guard = load_guard(guard_name)
+    guard = load_guard(guard_name, device=device)
     loaded = guard.backend.loaded
     if isinstance(guard, ReadoutGuard):
         return loaded, Layout(guard.prefix, guard.infix)
@@ -91,6 +91,7 @@ def load_trained(
     *,
     name: str | None = None,
     kv_budget: int | None = None,
+    device: str = "cpu",
 ) -> MRM:
     """An MRM folder written by ``saffron train-mrm``, LoRA merged, on a trie backend.
 
@@ -106,7 +107,7 @@ def load_trained(
         raise SaffronError(f"{folder / META_FILE} has no layout")
     layout = Layout(tuple(layout_d["prefix"]), tuple(layout_d["infix"]))
     if backbone is None:
-        backbone, _ = guard_backbone(str(meta["base_guard"]))
+        backbone, _ = guard_backbone(str(meta["base_guard"]), device)
     vocab = int(backbone.model.get_output_embeddings().out_features)
     if bias.shape != (vocab,) or unseen.shape != (vocab,):
         raise SaffronError(
@@ -132,10 +133,12 @@ def load_mrm(
     policy_vocab: int | None = None,
     policy_vocab_hash: str | None = None,
     kv_budget: int | None = None,
+    device: str = "cpu",
 ) -> MRM:
     """An MRM by name (``smol-mrm``) or folder; refused when it does not score the policy's
     vocabulary: ``policy`` (its head size and tokenizer), or ``policy_vocab`` (size) and
-    ``policy_vocab_hash`` (checked when the folder records one).
+    ``policy_vocab_hash`` (checked when the folder records one). ``device``: the torch device
+    its network runs on.
     """
     if policy is not None:
         policy_vocab = policy.vocab_size
@@ -146,9 +149,9 @@ def load_mrm(
             f"the {SMOL_MRM} artifacts are missing in {folder}; run `saffron train-mrm`"
         )
     if (folder / META_FILE).is_file():
-        mrm = load_trained(folder, name=name, kv_budget=kv_budget)
+        mrm = load_trained(folder, name=name, kv_budget=kv_budget, device=device)
     elif is_released(folder):
-        mrm = load_released(folder, name=name, kv_budget=kv_budget)
+        mrm = load_released(folder, name=name, kv_budget=kv_budget, device=device)
     else:
         raise SaffronError(f"unknown MRM {name!r}; known: {SMOL_MRM}, or an MRM folder")
     if policy_vocab is not None:

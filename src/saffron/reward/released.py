@@ -159,6 +159,7 @@ def load_released(
     *,
     name: str | None = None,
     kv_budget: int | None = None,
+    device: str = "cpu",
 ) -> MRM:
     """The released MRM on a trie backend: base (default: the one its adapter names) with the
     LoRA merged in, the released bias, unseen tokens −∞.
@@ -167,7 +168,7 @@ def load_released(
     """
     name = name or folder.name
     files = read_released(folder)  # validate before loading a large base
-    base = base if base is not None else load_model(files.base)
+    base = base if base is not None else load_model(files.base, device=device)
     config = base.model.config
     read_released(
         folder,
