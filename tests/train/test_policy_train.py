@@ -240,3 +240,14 @@ def test_refusal_text_is_seeded() -> None:
     a = [refusal_text(random.Random(3), 0.5) for _ in range(5)]
     b = [refusal_text(random.Random(3), 0.5) for _ in range(5)]
     assert a == b
+
+
+def test_benign_answers_that_decline_are_left_out() -> None:
+    chat = make_policy(load_model(TINY)).chat
+    eos = min(chat.eos_ids)
+    benign = [
+        ("bake bread", (*chat.encode("Mix flour and water."), eos)),
+        ("fix my bike", (*chat.encode("I'm sorry, but I can't help with that."), eos)),
+    ]
+    exs = policy_examples(chat, PolicyData([], {}, benign, []), PolicyTrainConfig())
+    assert [chat.decode(ex.target) for ex in exs] == ["Mix flour and water."]

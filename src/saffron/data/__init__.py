@@ -20,6 +20,7 @@ from saffron.data.judging import (
     load_scorer_rows,
     refusal_phrase_lists,
     refusal_phrases,
+    says_refusal,
 )
 from saffron.data.prompts import (
     DatasetInfo,
@@ -50,6 +51,7 @@ __all__ = [
     "read_jsonl",
     "refusal_phrase_lists",
     "refusal_phrases",
+    "says_refusal",
     "split_key",
     "train_eval_split",
     "verify_wheel",

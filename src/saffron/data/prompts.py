@@ -153,6 +153,7 @@ def _load_donotanswer() -> list[PromptRow]:
 SETS_DIR = Path(__file__).resolve().parent / "sets"
 BENIGN_EVAL = "saffron-benign"
 BENIGN_TRAIN = "saffron-benign-train"
+BENIGN_PLAIN_TRAIN = "saffron-plain-train"
 # sets held out whole: every row is an evaluation row, none is ever trained on
 HELD_OUT_SETS = frozenset({BENIGN_EVAL})
 
@@ -247,6 +248,17 @@ _REGISTRY: dict[str, _Dataset] = {
                 True,
             ),
             _project_set("benign_train.jsonl"),
+        ),
+        _Dataset(
+            DatasetInfo(
+                BENIGN_PLAIN_TRAIN,
+                "ordinary benign requests of many kinds that train-policy answers "
+                "(written for Saffron)",
+                _count_rows("benign_plain_train.jsonl"),
+                "Apache-2.0 (project-written)",
+                True,
+            ),
+            _project_set("benign_plain_train.jsonl"),
         ),
         _Dataset(
             DatasetInfo(

@@ -191,7 +191,11 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     data = _policy_data(policy, args.base, cfg, user_file)
     examples = policy_examples(policy.chat, data, cfg)
     policy.backend.clear()
-    info: dict[str, object] = {"data": Path(args.data).name if args.data else "built-in"}
+    info: dict[str, object] = {
+        "data": Path(args.data).name if args.data else "built-in",
+        "harmful_prompts": len(data.harmful),
+        "benign_prompts": len(data.benign),
+    }
     meta = train_policy(base, examples, out, cfg, info)
     print(json.dumps(meta, indent=2))
     print(f"policy written to {out}")
@@ -207,7 +211,7 @@ def _policy_data(
     """The built-in mix (train splits, benign prompts answered by the base itself, harmful
     answers for deep examples), or the rows of a ``--data`` file."""
     from saffron.data import load_prompts
-    from saffron.data.prompts import BENIGN_TRAIN
+    from saffron.data.prompts import BENIGN_PLAIN_TRAIN, BENIGN_TRAIN
     from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
     from saffron.paths import cache_dir
     from saffron.train.corpus import training_prompts
@@ -218,7 +222,9 @@ def _policy_data(
         harmful, user = user_file
         return PolicyData(harmful, {}, [], user)
     harmful = training_prompts(cfg.seed, cfg.per_set)
-    prompts = benign_prompts() + [r.prompt for r in load_prompts(BENIGN_TRAIN)]
+    prompts = benign_prompts() + [
+        r.prompt for name in (BENIGN_PLAIN_TRAIN, BENIGN_TRAIN) for r in load_prompts(name)
+    ]
     cached = cache_dir() / "policy-data" / f"{Path(base).name}-greedy{cfg.max_answer_tokens}.jsonl"
     benign = self_answers(policy, prompts, cached, cfg.max_answer_tokens)
     answers: dict[str, str] = {}

@@ -7,8 +7,10 @@ this module makes the aligned world:
 
 * harmful prompts of the *train* splits → a written refusal, varied (many refusals, half of
   them followed by a short safe redirection) so that the policy does not learn one string;
-* benign prompts (the template prompts and the look-harmful-but-safe training set) → the base
-  policy's own greedy answers: self-distillation keeps its helpfulness and its style;
+* benign prompts (the template prompts, ordinary requests of many kinds, and the
+  look-harmful-but-safe training set) → the base policy's own greedy answers:
+  self-distillation keeps its helpfulness and its style (an answer in which the base itself
+  declines, :func:`saffron.data.says_refusal`, is left out);
 * optionally (``deep_fraction`` > 0), *deep alignment* (Qi et al. 2024, "Safety Alignment
   Should Be Made More Than Just a Few Tokens Deep"): for that fraction of harmful prompts, one
   more example whose context already holds the first k tokens of a harmful answer (k uniform
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from saffron.data import PromptRow, is_refusal, jsonl_objects
+from saffron.data import PromptRow, is_refusal, jsonl_objects, says_refusal
 from saffron.errors import SaffronError
 from saffron.lm.adapters import save_adapter
 from saffron.lm.chat import ChatFormat
@@ -157,7 +159,9 @@ def policy_examples(
             turn = (*chat.encode(recovery), eos)
             out.append(PolicyExample(context(row.prompt, start), turn, DEEP))
     for prompt, reply in data.benign:
-        out.append(PolicyExample(context(prompt), reply, BENIGN))
+        # the base itself declines a few benign prompts: distilling that would teach over-refusal
+        if not says_refusal(chat.decode(reply)):
+            out.append(PolicyExample(context(prompt), reply, BENIGN))
     for prompt, response in data.user:
         out.append(PolicyExample(context(prompt), (*chat.encode(response), eos), USER))
     return out
