@@ -100,3 +100,21 @@ def test_committed_answers_are_used_and_prompts_without_one_skipped(
     logged = [json.loads(x) for x in (tmp_path / "out" / "prefills.jsonl").read_text().splitlines()]
     assert {x["prompt_id"]: x["tokens"] is None for x in logged} == {"a": False, "b": True}
     assert not (tmp_path / "out" / "harmful-answers.jsonl").exists()  # nothing generated
+
+
+def test_a_run_records_which_policy_weights_it_used(tmp_path: Path) -> None:
+    from saffron.lm.adapters import fingerprint
+    from saffron.train.policy_train import PolicyExample, PolicyTrainConfig, train_policy
+
+    base = load_model("tiny-random-llama")
+    chat = make_policy(base).chat
+    ex = PolicyExample(chat.sequence("x").tokens, (*chat.encode("No."), 2), "refusal")
+    folder = tmp_path / "pol"
+    train_policy(base, [ex], folder, PolicyTrainConfig(), {})
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"id": "a", "prompt": "hi", "prefill": "Sure"}) + "\n")
+    cfg = config(data, methods=("greedy",), budgets=(1,), policy=str(folder))
+    run_eval(cfg, tmp_path / "out", lambda c: tiny_world())
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["policy"] == str(folder)
+    assert saved["weights"]["policy"] == fingerprint(str(folder)) is not None

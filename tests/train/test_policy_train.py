@@ -251,3 +251,17 @@ def test_benign_answers_that_decline_are_left_out() -> None:
     ]
     exs = policy_examples(chat, PolicyData([], {}, benign, []), PolicyTrainConfig())
     assert [chat.decode(ex.target) for ex in exs] == ["Mix flour and water."]
+
+
+def test_cli_default_out_is_the_embedded_smol_aligned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import saffron.paths
+
+    monkeypatch.setattr(saffron.paths, "artifacts_dir", lambda: tmp_path / "artifacts")
+    data = write(tmp_path / "d.jsonl", [{"prompt": "do harm", "harmful": True}])
+    assert main(["train-policy", "--base", TINY, "--data", str(data)]) == 0
+    assert (tmp_path / "artifacts" / "smol-aligned" / "adapter_model.safetensors").is_file()
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "smol-aligned " in listed and "smol-aligned-deep" in listed
