@@ -447,6 +447,15 @@ def split_key(row: PromptRow, seed: int = 0, by: Literal["id", "prompt"] = "id")
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+VALIDATION_FRACTION = 0.25
+
+
+def validation_split(rows: Sequence[PromptRow]) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(train, validation) of a training set: a quarter held out, by prompt text, for choosing
+    training settings (the evaluation sets are never used for that)."""
+    return train_eval_split(rows, VALIDATION_FRACTION, seed=1, by="prompt")
+
+
 def train_eval_split(
     rows: Sequence[PromptRow],
     eval_fraction: float = 0.5,

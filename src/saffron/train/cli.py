@@ -211,7 +211,7 @@ def _policy_data(
     """The built-in mix (train splits, benign prompts answered by the base itself, harmful
     answers for deep examples), or the rows of a ``--data`` file."""
     from saffron.data import load_prompts
-    from saffron.data.prompts import BENIGN_PLAIN_TRAIN, BENIGN_TRAIN
+    from saffron.data.prompts import BENIGN_PLAIN_TRAIN, BENIGN_TRAIN, validation_split
     from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
     from saffron.paths import cache_dir
     from saffron.train.corpus import training_prompts
@@ -223,7 +223,9 @@ def _policy_data(
         return PolicyData(harmful, {}, [], user)
     harmful = training_prompts(cfg.seed, cfg.per_set)
     prompts = benign_prompts() + [
-        r.prompt for name in (BENIGN_PLAIN_TRAIN, BENIGN_TRAIN) for r in load_prompts(name)
+        r.prompt
+        for name in (BENIGN_PLAIN_TRAIN, BENIGN_TRAIN)
+        for r in validation_split(load_prompts(name))[0]
     ]
     cached = cache_dir() / "policy-data" / f"{Path(base).name}-greedy{cfg.max_answer_tokens}.jsonl"
     benign = self_answers(policy, prompts, cached, cfg.max_answer_tokens)

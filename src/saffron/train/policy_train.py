@@ -73,11 +73,20 @@ class PolicyTrainConfig:
     """Examples per optimiser step."""
     lr: float = 3e-4
     """Peak learning rate (10 warm-up steps, then linear decay to 0)."""
-    rank: int = 8
+    rank: int = 16
     """LoRA rank (alpha = 2 × rank)."""
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    """Modules with a LoRA adapter, on every layer."""
-    per_set: int | None = 150
+    targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    """Modules with a LoRA adapter, on every layer (the MLPs too: with attention alone the
+    policy learned "a request phrased like a harmful one → refuse" and over-refused)."""
+    per_set: int | None = 120
     """Harmful training prompts taken from each harmful set's train split (None: all)."""
     redirect_fraction: float = 0.5
     """Share of refusals followed by a short safe redirection."""
