@@ -174,9 +174,7 @@ def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
         raise SaffronError(str(err)) from None
 
 
-def _run(
-    cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1), concurrency: int = 1
-) -> str:
+def _run(cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1), concurrency: int = 1) -> str:
     from saffron.eval.compare import report
     from saffron.eval.run import run_eval
     from saffron.eval.world import load_world
