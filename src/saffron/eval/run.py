@@ -183,8 +183,7 @@ def run_eval(
     ``shard=(k, n)`` takes only the prompts whose index in the selection is k mod n, so n
     processes started with k = 0 … n−1 on the same ``out`` share the work (the shard is not part
     of the config: any split of the prompts yields the same records, see :class:`JsonlLog`).
-    ``concurrency`` searches run together (see the module doc); like the shard, it is not part
-    of the config.
+    ``concurrency`` searches run together (module doc); nor is it part of the config.
     """
     if concurrency < 1:
         raise SaffronError(f"concurrency must be ≥ 1, got {concurrency}")
@@ -196,13 +195,8 @@ def run_eval(
     claim_dir(out, {**cfg.to_dict(), "weights": weights_of(cfg)})
     records = JsonlLog(out / "records.jsonl")
     done = {record_key(r) for r in records.rows}
-    todo = [
-        (row, m, b)
-        for row in rows
-        for m in cfg.methods
-        for b in budgets_for(cfg, m)
-        if (row.id, m, b) not in done
-    ]
+    todo = [(row, m, b) for row in rows for m in cfg.methods for b in budgets_for(cfg, m)]
+    todo = [t for t in todo if (t[0].id, t[1], t[2]) not in done]
     if not todo:
         return records.rows
     world = world_factory(cfg)
