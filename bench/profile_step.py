@@ -41,10 +41,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="steps profiled")
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--policy", default="smol-aligned")
+    ap.add_argument("--mrm", default="smol-mrm")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    world = tiny_world() if args.tiny else embedded_world()
+    world = tiny_world() if args.tiny else embedded_world(args.policy, args.mrm)
     (seq,) = prompts(world, 1)
     cfg = SearchConfig(
         budget=args.width, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens

@@ -62,11 +62,11 @@ def tiny_world() -> World:
     return World(policy, mrm=mrm)
 
 
-def embedded_world() -> World:
+def embedded_world(policy_name: str = "smol-aligned", mrm_name: str = "smol-mrm") -> World:
     from saffron.reward.mrm_load import load_mrm
 
-    policy = make_policy(load_model("smol-aligned"))
-    return World(policy, mrm=load_mrm("smol-mrm", policy))
+    policy = make_policy(load_model(policy_name))
+    return World(policy, mrm=load_mrm(mrm_name, policy))
 
 
 def prompts(world: World, n: int, prefill: int = 10) -> list[TokenSequence]:
@@ -223,7 +223,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    world = tiny_world() if args.tiny else embedded_world()
+    world = tiny_world() if args.tiny else embedded_world(args.policy, args.mrm)
     seqs = prompts(world, args.prompts)
     loaded = world.policy.backend.loaded
     ns, news = args.widths, args.new_tokens
@@ -251,6 +251,8 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 16], metavar="K")
     ap.add_argument("--ceiling-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--policy", default="smol-aligned")
+    ap.add_argument("--mrm", default="smol-mrm")
     ap.add_argument("--tiny", action="store_true", help="smoke run on the tiny random model")
     ap.add_argument("--out", default="bench/results/speed")
     args = ap.parse_args()
