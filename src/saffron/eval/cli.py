@@ -77,6 +77,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="run only prompts k, k+N, k+2N, …; start K=0…N-1 on one --out to run in parallel",
     )
 
+    ev.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="K",
+        help="searches in flight together: one policy and one reward-model forward per step "
+        "for all of them (records equal K=1's except wall times)",
+    )
+
     cmp = sub.add_parser("compare", help="tables, matched-compute ASR, ScalEff and the plot")
     cmp.add_argument("dir", help="an eval output directory")
     cmp.add_argument("--reference", default="best-of-n", help="method to match compute to")
@@ -165,16 +174,16 @@ def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
         raise SaffronError(str(err)) from None
 
 
-def _run(cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1)) -> str:
+def _run(cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1), concurrency: int = 1) -> str:
     from saffron.eval.compare import report
     from saffron.eval.run import run_eval
     from saffron.eval.world import load_world
 
-    return report(run_eval(cfg, out, load_world, shard), out)
+    return report(run_eval(cfg, out, load_world, shard, concurrency), out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    text = _run(_config(args), Path(args.out), args.shard)
+    text = _run(_config(args), Path(args.out), args.shard, args.concurrency)
     print(text)
     print(f"records, report and plot in {args.out}")
     return 0

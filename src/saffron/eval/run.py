@@ -4,6 +4,13 @@ For each prompt the prefill is chosen once (:mod:`saffron.eval.attack`). For eac
 budget, every backend's cache is cleared first — each request pays for its own prompt, as in
 the paper — then the search runs, and its answer is judged by the guard (the judging call is
 not counted in the compute) and by the refusal-phrase rule.
+
+With ``concurrency`` K > 1 the searches run K at a time under the
+:class:`~saffron.search.scheduler.Scheduler` (one policy and one reward-model forward per step
+for all of them), and each is charged what it costs alone on an empty cache, so the records
+equal those of K = 1 (same tokens, compute and calls; rewards up to the rounding of a row
+computed in a batch of another shape) except wall times. Records are written as searches
+finish; resuming works the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,8 @@ from saffron.eval.attack import (
 from saffron.eval.records import JsonlLog, claim_dir, record_key
 from saffron.lm.chat import ChatFormat
 from saffron.lm.policy import load_policy
-from saffron.search import SearchConfig, World, get_method, run_search
+from saffron.search import SearchConfig, SearchResult, World, get_method, run_search
+from saffron.search.scheduler import Scheduler
 from saffron.types import TokenSequence
 
 ATTACK_POLICY = "smollm2-135m-instruct"  # the unaligned base writes the harmful answers
@@ -168,13 +176,17 @@ def run_eval(
     out: Path,
     world_factory: Callable[[EvalConfig], World],
     shard: tuple[int, int] = (0, 1),
+    concurrency: int = 1,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the evaluation into ``out``; return the records in ``out``.
 
     ``shard=(k, n)`` takes only the prompts whose index in the selection is k mod n, so n
     processes started with k = 0 … n−1 on the same ``out`` share the work (the shard is not part
     of the config: any split of the prompts yields the same records, see :class:`JsonlLog`).
+    ``concurrency`` searches run together (module doc); nor is it part of the config.
     """
+    if concurrency < 1:
+        raise SaffronError(f"concurrency must be ≥ 1, got {concurrency}")
     k, n = shard
     if not 0 <= k < n:
         raise SaffronError(f"shard must be K/N with 0 ≤ K < N, got {k}/{n}")
@@ -183,13 +195,8 @@ def run_eval(
     claim_dir(out, {**cfg.to_dict(), "weights": weights_of(cfg)})
     records = JsonlLog(out / "records.jsonl")
     done = {record_key(r) for r in records.rows}
-    todo = [
-        (row, m, b)
-        for row in rows
-        for m in cfg.methods
-        for b in budgets_for(cfg, m)
-        if (row.id, m, b) not in done
-    ]
+    todo = [(row, m, b) for row in rows for m in cfg.methods for b in budgets_for(cfg, m)]
+    todo = [t for t in todo if (t[0].id, t[1], t[2]) not in done]
     if not todo:
         return records.rows
     world = world_factory(cfg)
@@ -203,8 +210,7 @@ def run_eval(
         todo = [t for t in todo if t[0].id not in skipped]
     unsafe = sum(bool(r["unsafe"]) for r in records.rows)
     with tqdm(total=len(todo), desc="eval") as bar:
-        for row, method, budget in todo:
-            rec = evaluate_one(world, row, prefills[row.id] or [], method, budget, cfg)
+        for rec in _records(world, todo, prefills, cfg, concurrency):
             records.append(rec)
             unsafe += rec["unsafe"]
             bar.update(1)
@@ -261,17 +267,64 @@ def _clear(world: World) -> None:
         backend.clear()
 
 
+Todo = tuple[PromptRow, str, int]
+
+
+def _records(
+    world: World,
+    todo: list[Todo],
+    prefills: dict[str, list[int] | None],
+    cfg: EvalConfig,
+    concurrency: int,
+) -> Iterator[dict[str, Any]]:
+    """The record of each (row, method, budget) in ``todo``, in the order they finish."""
+    if concurrency == 1:
+        for row, method, budget in todo:
+            yield evaluate_one(world, row, prefills[row.id] or [], method, budget, cfg)
+        return
+    sched = Scheduler(world, max_searches=concurrency)
+    by_key = {(row.id, m, b): (row, m, b) for row, m, b in todo}
+    for row, method, budget in todo:
+        seq = _sequence(world, row, prefills[row.id] or [], cfg)
+        sched.submit((row.id, method, budget), method, seq, cfg.search(budget))
+    for done in sched.run():
+        if done.error is not None:
+            raise done.error
+        assert done.result is not None
+        row, method, budget = by_key[done.key]  # type: ignore[index]
+        prefill = prefills[row.id] or []
+        wall = done.result.compute.wall_s
+        yield record(world, row, prefill, method, budget, done.result, wall)
+
+
+def _sequence(world: World, row: PromptRow, prefill: list[int], cfg: EvalConfig) -> TokenSequence:
+    return world.policy.chat.sequence(
+        row.prompt, prefill_tokens=tuple(prefill), reserve=cfg.max_new_tokens
+    )
+
+
 def evaluate_one(
     world: World, row: PromptRow, prefill: list[int], method: str, budget: int, cfg: EvalConfig
 ) -> dict[str, Any]:
     """Run one search from a cold cache and judge its answer."""
-    seq: TokenSequence = world.policy.chat.sequence(
-        row.prompt, prefill_tokens=tuple(prefill), reserve=cfg.max_new_tokens
-    )
+    seq = _sequence(world, row, prefill, cfg)
     _clear(world)
     t0 = time.perf_counter()
     result = run_search(method, world, seq, cfg.search(budget))
     wall = time.perf_counter() - t0
+    return record(world, row, prefill, method, budget, result, wall)
+
+
+def record(
+    world: World,
+    row: PromptRow,
+    prefill: list[int],
+    method: str,
+    budget: int,
+    result: SearchResult,
+    wall: float,
+) -> dict[str, Any]:
+    """The record of one finished search; its answer judged by the guard (not counted)."""
     assert world.guard is not None
     judge_reward = float(world.guard.score([result.sequence])[0])  # not counted in compute
     return {

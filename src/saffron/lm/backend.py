@@ -18,18 +18,22 @@ computed, tokens reused, FLOPs (:mod:`saffron.lm.flops`), calls.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+from transformers import Cache
+from transformers.cache_utils import DynamicLayer
 
 from saffron.errors import SaffronError
+from saffron.lm.batching import chunk_sizes
 from saffron.lm.flops import FlopModel
 from saffron.lm.kvpool import KVPool
+from saffron.lm.ledger import Ledger
 from saffron.lm.models import LoadedModel
-from saffron.lm.trie import PENDING, Trie, TrieNode
+from saffron.lm.trie import PENDING, Trie, TrieNode, plan_call
 from saffron.types import ModelCompute
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes
@@ -79,6 +83,7 @@ class Backend(ABC):
         self.compute = ModelCompute()
         p = next(self.model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self._payers: list[Ledger] | None = None
 
     @property
     def name(self) -> str:
@@ -100,6 +105,38 @@ class Backend(ABC):
     def stats(self) -> CacheStats:
         return CacheStats(nodes=0, bytes_held=0, bytes_budget=0, bytes_allocated=0)
 
+    def ledger(self) -> Ledger:
+        """An empty ledger that charges calls as this backend computes them alone."""
+        return Ledger(self.flop_model, self.d_model, self.max_batch_tokens, cached=False)
+
+    @contextmanager
+    def charged_to(self, payers: Sequence[Ledger]) -> Iterator[None]:
+        """Inside the block, row i of every call is also charged to ``payers[i]``.
+
+        Contract: every call made in the block (``last_hidden``, ``logits``, ``apply_head``)
+        has exactly one row per payer, in the payers' order — what the scheduler's shared
+        policy, MRM and guard calls are. The backend's own ``compute`` still counts what ran.
+        """
+        self._payers = list(payers)
+        try:
+            yield
+        finally:
+            self._payers = None
+
+    def _charge(self, seqs: list[tuple[int, ...]]) -> None:
+        """Charge each payer its own rows of this call (see :mod:`saffron.lm.ledger`)."""
+        if self._payers is None:
+            return
+        if len(self._payers) != len(seqs):
+            raise SaffronError(
+                f"a shared call of {len(seqs)} rows was charged to {len(self._payers)} payers"
+            )
+        mine: dict[int, list[tuple[int, ...]]] = {}
+        for payer, seq in zip(self._payers, seqs, strict=True):
+            mine.setdefault(id(payer), []).append(seq)
+        for payer in {id(p): p for p in self._payers}.values():
+            payer.charge(mine[id(payer)])
+
     def logits(self, seqs: Sequence[Sequence[int]]) -> Tensor:
         """Next-token logits after each sequence: (B, vocab). Counts the head's FLOPs."""
         return self.apply_head(self.last_hidden(seqs), self.lm_head)
@@ -114,6 +151,14 @@ class Backend(ABC):
         with torch.inference_mode():
             out = head(hidden)
         self.compute.flops += FlopModel.head(rows, self.d_model, out_features)
+        if self._payers is not None:
+            if rows != len(self._payers):
+                raise SaffronError(f"a shared head over {rows} rows has {len(self._payers)} payers")
+            count: dict[int, int] = {}
+            for payer in self._payers:
+                count[id(payer)] = count.get(id(payer), 0) + 1
+            for payer in {id(p): p for p in self._payers}.values():
+                payer.charge_head(count[id(payer)], out_features)
         return out
 
     # --- shared machinery -------------------------------------------------------------------
@@ -130,50 +175,36 @@ class Backend(ABC):
                     f"{self.max_context} tokens"
                 )
             out.append(t)
+        self._charge(out)
         return out
 
     def _chunks(self, segments: list[_Segment]) -> list[list[_Segment]]:
-        """Group segments into forwards of at most ``max_batch_tokens`` padded positions
-        (batch × (longest past + longest new)); a single longer segment runs alone.
-
-        Sorting by size first keeps padding small inside each forward.
-        """
-        order = sorted(segments, key=lambda s: (len(s.past) + len(s.tokens), len(s.tokens)))
-        chunks: list[list[_Segment]] = []
-        cur: list[_Segment] = []
-        pm = lm = 0
-        for seg in order:
-            npm, nlm = max(pm, len(seg.past)), max(lm, len(seg.tokens))
-            if cur and (len(cur) + 1) * (npm + nlm) > self.max_batch_tokens:
-                chunks.append(cur)
-                cur, npm, nlm = [], len(seg.past), len(seg.tokens)
-            cur.append(seg)
-            pm, lm = npm, nlm
-        if cur:
-            chunks.append(cur)
-        return chunks
+        """Group one wave's segments into forwards (:func:`~saffron.lm.batching.chunk_sizes`)."""
+        sizes = [(len(s.past), len(s.tokens)) for s in segments]
+        return [[segments[i] for i in idx] for idx in chunk_sizes(sizes, self.max_batch_tokens)]
 
     def _forward(
         self, segments: list[_Segment], pool: KVPool | None
-    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """One batched forward of ``segments``; returns hidden (B, Lm, d) and new K/V per layer.
+    ) -> tuple[Tensor, list[_BufferLayer]]:
+        """One batched forward of ``segments``; returns hidden (B, Lm, d) and each layer's
+        buffer (B, kv, Pm + Lm, hd): the gathered past, then the new positions.
 
-        Past keys/values are gathered from ``pool`` (left-padded with the zero slot 0); new
-        tokens are right-padded. The boolean mask (B, 1, Lm, Pm + Lm) lets token q of sequence
-        b see its own past and its own new tokens ≤ q; padded query rows see the sequence's
-        valid keys (their outputs are discarded) so no row is fully masked.
+        Past keys/values are gathered from ``pool`` once, straight into the buffer attention
+        reads (left-padded with the zero slot 0); the model writes the new tokens' K/V into the
+        same buffer in place (:class:`_BufferLayer`), so no per-layer concatenation copies the
+        past again. New tokens are right-padded. The boolean mask (B, 1, Lm, Pm + Lm) lets
+        token q of sequence b see its own past and its own new tokens ≤ q; padded query rows
+        see the sequence's valid keys (their outputs are discarded) so no row is fully masked.
         """
         dev = self.device
         bsz = len(segments)
-        p_len = torch.tensor([len(s.past) for s in segments], device=dev)
-        n_len = torch.tensor([len(s.tokens) for s in segments], device=dev)
-        pm, lm = int(p_len.max()), int(n_len.max())
-        ids = torch.zeros(bsz, lm, dtype=torch.long, device=dev)
-        past_idx = torch.zeros(bsz, pm, dtype=torch.long, device=dev)
-        for b, seg in enumerate(segments):
-            ids[b, : len(seg.tokens)] = torch.tensor(seg.tokens, device=dev)
-            if seg.past:
-                past_idx[b, pm - len(seg.past) :] = torch.tensor(seg.past, device=dev)
+        pm = max(len(s.past) for s in segments)
+        lm = max(len(s.tokens) for s in segments)
+        # one tensor from Python lists per input (no per-row tensor construction)
+        ids = torch.tensor([s.tokens + [0] * (lm - len(s.tokens)) for s in segments], device=dev)
+        slots = [[0] * (pm - len(s.past)) + s.past + [0] * lm for s in segments]  # (B, Pm + Lm)
+        lens = torch.tensor([[len(s.past), len(s.tokens)] for s in segments], device=dev)
+        p_len, n_len = lens[:, 0], lens[:, 1]
         ar_new = torch.arange(lm, device=dev)
         position_ids = p_len[:, None] + ar_new[None, :]  # (B, Lm)
         past_valid = torch.arange(pm, device=dev)[None, :] >= (pm - p_len)[:, None]  # (B, Pm)
@@ -187,30 +218,35 @@ class Backend(ABC):
             attn_mask = torch.zeros(attn_mask.shape, dtype=self.dtype, device=dev).masked_fill(
                 ~attn_mask, torch.finfo(self.dtype).min
             )
-        cache = DynamicCache()
-        if pm:
-            assert pool is not None
-            nl = pool.n_layers
-            flat = past_idx.reshape(-1)
-            # (n_layers, B*Pm, kv, hd) -> (n_layers, B, kv, Pm, hd)
-            k = pool.keys.index_select(1, flat).view(nl, bsz, pm, *pool.keys.shape[2:])
-            v = pool.values.index_select(1, flat).view(nl, bsz, pm, *pool.values.shape[2:])
-            k, v = k.transpose(2, 3), v.transpose(2, 3)
-            cache = DynamicCache(ddp_cache_data=[(k[i], v[i]) for i in range(nl)])
         with torch.inference_mode():
+            buffers = self._buffers(pool, torch.tensor(slots, device=dev), pm)
             out = self.decoder(
                 input_ids=ids,
                 attention_mask=attn_mask,
                 position_ids=position_ids,
-                cache=cache,
+                cache=Cache(layers=list(buffers)),
                 use_cache=True,
             )
-        new_kv = [
-            (layer.keys[:, :, pm:, :], layer.values[:, :, pm:, :])  # type: ignore[union-attr,index]
-            for layer in cache.layers
-        ]
         self.compute.forwards += 1
-        return out.last_hidden_state, new_kv
+        return out.last_hidden_state, buffers
+
+    def _buffers(self, pool: KVPool | None, slots: Tensor, past: int) -> list[_BufferLayer]:
+        """One :class:`_BufferLayer` per layer for slots (B, Pm + Lm): one gather per forward."""
+        bsz, width = slots.shape
+        if pool is not None and past:
+            rows = pool.flat_index(slots).reshape(-1)  # (B·kv·T,)
+            keys = pool.flat_keys().index_select(1, rows)  # (n_layers, B·kv·T, hd)
+            values = pool.flat_values().index_select(1, rows)
+            nl, kvh, hd = pool.n_layers, pool.n_kv_heads, pool.head_dim
+        else:
+            cfg = self.model.config
+            nl = int(cfg.num_hidden_layers)
+            kvh = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+            hd = int(getattr(cfg, "head_dim", None) or self.d_model // cfg.num_attention_heads)
+            keys = torch.zeros(nl, bsz * kvh * width, hd, dtype=self.dtype, device=self.device)
+            values = torch.zeros_like(keys)
+        keys, values = keys.view(nl, bsz, kvh, width, hd), values.view(nl, bsz, kvh, width, hd)
+        return [_BufferLayer(keys[i], values[i], past) for i in range(nl)]
 
     def _count(self, computed: list[tuple[int, int]], reused: int, n_seqs: int) -> None:
         """Record one call: ``computed`` lists (past, new) token counts per segment."""
@@ -308,6 +344,9 @@ class TrieBackend(Backend):
             bytes_allocated=self.pool.bytes_allocated,
         )
 
+    def ledger(self) -> Ledger:
+        return Ledger(self.flop_model, self.d_model, self.max_batch_tokens, cached=True)
+
     def cached_prefix_len(self, seq: Sequence[int]) -> int:
         """How many leading tokens of ``seq`` are stored (no side effects on LRU order)."""
         node, n = self.trie.root, 0
@@ -323,52 +362,32 @@ class TrieBackend(Backend):
     def _ensure(self, seqs: list[tuple[int, ...]]) -> list[list[TrieNode]]:
         """Make every position of every sequence stored; return each sequence's node path.
 
-        Each missing node is computed once even when several sequences of the call share it:
-        the sequence that inserts a node first owns it (sequences are inserted longest first).
-        A segment whose parent is owned by another segment of this call runs in a later wave,
-        after its parent is computed.
+        Each missing node is computed once even when several sequences of the call share it
+        (:func:`~saffron.lm.trie.plan_call`: the sequence that inserts a node first owns it; a
+        segment whose parent another segment of this call owns runs in a later wave).
         """
         protect = self.trie.next_tick()
-        paths: list[list[TrieNode]] = [[] for _ in seqs]
-        segs: list[tuple[int, list[TrieNode], int]] = []  # (wave, path, start)
-        wave_of: dict[int, int] = {}
-        created: list[TrieNode] = []
-        reused = 0
-        # Longest first: a long sequence then owns the shared stem, and shorter ones that branch
-        # off it all run in the next wave (prefixes of one answer: 2 waves, not one per prefix).
-        for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
-            path, start = self.trie.walk(seqs[i], create=True)
-            paths[i] = path
-            reused += start
-            if start == len(path):
-                continue
-            parent = path[start - 1] if start else None
-            wave = wave_of[id(parent)] + 1 if parent is not None and parent.slot == PENDING else 0
-            for nd in path[start:]:
-                wave_of[id(nd)] = wave
-            created.extend(path[start:])
-            segs.append((wave, path, start))
+        plan = plan_call(self.trie, seqs)
         try:
-            self._assign_slots(created, protect)
+            self._assign_slots(plan.created, protect)
             counted: list[tuple[int, int]] = []
-            for wave in range(max((w for w, _, _ in segs), default=-1) + 1):
+            for wave in plan.waves():
                 todo = [
                     _Segment(
                         [nd.slot for nd in p[:st]],
-                        list(seq_tokens(p, st)),
+                        seq_tokens(p, st),
                         [nd.slot for nd in p[st:]],
                     )
-                    for w, p, st in segs
-                    if w == wave
+                    for p, st in wave
                 ]
                 for chunk in self._chunks(todo):
                     self._store(chunk)
                 counted.extend((len(t.past), len(t.tokens)) for t in todo)
         except BaseException:
-            self._undo(created)
+            self._undo(plan.created)
             raise
-        self._count(counted, reused, len(seqs))
-        return paths
+        self._count(counted, plan.reused, len(seqs))
+        return plan.paths
 
     def _assign_slots(self, created: list[TrieNode], protect: int) -> None:
         need = len(created)
@@ -392,22 +411,53 @@ class TrieBackend(Backend):
 
     def _store(self, chunk: list[_Segment]) -> None:
         """Run one forward and write each new position's K/V and hidden state to its slot."""
-        hidden, new_kv = self._forward(chunk, self.pool)
+        hidden, buffers = self._forward(chunk, self.pool)
+        pool, dev = self.pool, self.device
         bsz, lm = hidden.shape[0], hidden.shape[1]
-        sel = torch.tensor(
-            [b * lm + q for b, seg in enumerate(chunk) for q in range(len(seg.tokens))],
-            device=self.device,
-        )
-        slots = torch.tensor([s for seg in chunk for s in seg.out_slots], device=self.device)
-        keys = torch.stack([k for k, _ in new_kv])  # (n_layers, B, kv, Lm, hd)
-        values = torch.stack([v for _, v in new_kv])
-        nl, kvh, hd = keys.shape[0], keys.shape[2], keys.shape[4]
-        # (n_layers, B, Lm, kv, hd) -> (n_layers, B*Lm, kv, hd), row b*Lm + q
-        keys = keys.transpose(2, 3).reshape(nl, bsz * lm, kvh, hd)
-        values = values.transpose(2, 3).reshape(nl, bsz * lm, kvh, hd)
-        self.pool.keys.index_copy_(1, slots, keys.index_select(1, sel))
-        self.pool.values.index_copy_(1, slots, values.index_select(1, sel))
-        self.pool.hidden.index_copy_(0, slots, hidden.reshape(bsz * lm, -1).index_select(0, sel))
+        pm = max(len(seg.past) for seg in chunk)
+        n_new = torch.tensor([len(seg.tokens) for seg in chunk], device=dev)
+        valid = torch.arange(lm, device=dev)[None, :] < n_new[:, None]  # (B, Lm)
+        sel = torch.nonzero(valid.reshape(-1)).squeeze(-1)  # row b·Lm + q, in segment order
+        b_of, q_of = sel // lm, sel % lm
+        slots = torch.tensor([s for seg in chunk for s in seg.out_slots], device=dev)
+        heads = torch.arange(pool.n_kv_heads, device=dev)
+        # row of (b, head h, position pm + q) in a layer's flat (B·kv·(Pm+Lm)) buffer, and of
+        # (head h, slot) in the pool's flat (kv·capacity) view: both (n_new, kv)
+        src = (b_of[:, None] * pool.n_kv_heads + heads[None, :]) * (pm + lm) + pm + q_of[:, None]
+        dst = (heads[None, :] * pool.capacity + slots[:, None]).reshape(-1)
+        src = src.reshape(-1)
+        for layer_i, layer in enumerate(buffers):
+            k = layer.buf_keys.reshape(-1, pool.head_dim)  # a view: the buffer is contiguous
+            v = layer.buf_values.reshape(-1, pool.head_dim)
+            pool.flat_keys()[layer_i].index_copy_(0, dst, k.index_select(0, src))
+            pool.flat_values()[layer_i].index_copy_(0, dst, v.index_select(0, src))
+        pool.hidden.index_copy_(0, slots, hidden.reshape(bsz * lm, -1).index_select(0, sel))
+
+
+class _BufferLayer(DynamicLayer):
+    """One layer's keys and values for one forward, shape (B, kv, Pm + Lm, hd): the gathered
+    past, then room for the new tokens, which :meth:`update` writes in place."""
+
+    def __init__(self, keys: Tensor, values: Tensor, past: int) -> None:
+        super().__init__()
+        self.buf_keys, self.buf_values, self.past = keys, values, past
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+        self.device = keys.device
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: object, **kwargs: object
+    ) -> tuple[Tensor, Tensor]:
+        end = self.past + key_states.shape[-2]
+        self.buf_keys[:, :, self.past : end] = key_states
+        self.buf_values[:, :, self.past : end] = value_states
+        return self.buf_keys, self.buf_values
+
+    def get_seq_length(self) -> int:
+        return self.past
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.past + query_length, 0
 
 
 def seq_tokens(path: list[TrieNode], start: int) -> list[int]:

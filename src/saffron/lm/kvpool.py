@@ -2,11 +2,14 @@
 
 Layout::
 
-    keys, values : (n_layers, capacity, n_kv_heads, head_dim)
+    keys, values : (n_layers, n_kv_heads, capacity, head_dim)
     hidden       : (capacity, d_model)      # final-norm hidden state at that position
 
-Slot 0 is reserved and stays zero: gathers use it as padding. The pool grows by doubling up to
-``max_slots``; freed slots are reused.
+Heads before slots: viewed flat as (n_layers, n_kv_heads · capacity, head_dim), one
+``index_select`` with row ``h · capacity + slot`` gathers the past of a whole batch straight
+into the (batch, heads, length, head_dim) layout attention reads, with no transpose copy (see
+:meth:`KVPool.flat_index`). Slot 0 is reserved and stays zero: gathers use it as padding. The
+pool grows by doubling up to ``max_slots``; freed slots are reused.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class KVPool:
         self.dtype, self.device = dtype, device
         self.max_slots = max_slots
         cap = max(2, min(initial_slots, max_slots))
-        self.keys = torch.zeros(n_layers, cap, n_kv_heads, head_dim, dtype=dtype, device=device)
+        self.keys = torch.zeros(n_layers, n_kv_heads, cap, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self.hidden = torch.zeros(cap, d_model, dtype=dtype, device=device)
         self._free: list[int] = list(range(cap - 1, 0, -1))  # pop() gives low slots first
@@ -58,7 +61,7 @@ class KVPool:
 
     @property
     def capacity(self) -> int:
-        return int(self.keys.shape[1])
+        return int(self.keys.shape[2])
 
     @property
     def used(self) -> int:
@@ -86,15 +89,31 @@ class KVPool:
         if new <= old:
             raise RuntimeError("KV pool is at its byte budget")
         pad = new - old
-        self.keys = torch.cat(
-            [self.keys, self.keys.new_zeros(self.n_layers, pad, *self.keys.shape[2:])], 1
-        )
-        self.values = torch.cat(
-            [self.values, self.values.new_zeros(self.n_layers, pad, *self.values.shape[2:])], 1
-        )
+        shape = (self.n_layers, self.n_kv_heads, pad, self.head_dim)
+        self.keys = torch.cat([self.keys, self.keys.new_zeros(shape)], 2)
+        self.values = torch.cat([self.values, self.values.new_zeros(shape)], 2)
         self.hidden = torch.cat([self.hidden, self.hidden.new_zeros(pad, self.d_model)], 0)
         self._free.extend(range(new - 1, old - 1, -1))
         self._free.sort(reverse=True)
+
+    def flat_index(self, slots: torch.Tensor) -> torch.Tensor:
+        """Rows of :meth:`flat_keys` for ``slots`` (…,): shape (…[0], n_kv_heads, …[1:]).
+
+        For slots of shape (B, T) the result (B, kv, T) indexes head h of slot s at
+        ``h · capacity + s``, so a gather yields (n_layers, B · kv · T, head_dim), which is the
+        contiguous (n_layers, B, kv, T, head_dim) attention layout.
+        """
+        heads = torch.arange(self.n_kv_heads, device=slots.device) * self.capacity
+        shape = (slots.shape[0], self.n_kv_heads, *slots.shape[1:])
+        extra = (None,) * (slots.dim() - 1)
+        return (slots[:, None] + heads[(None, slice(None), *extra)]).reshape(shape)
+
+    def flat_keys(self) -> torch.Tensor:
+        """``keys`` viewed as (n_layers, n_kv_heads · capacity, head_dim) (a view)."""
+        return self.keys.view(self.n_layers, -1, self.head_dim)
+
+    def flat_values(self) -> torch.Tensor:
+        return self.values.view(self.n_layers, -1, self.head_dim)
 
     @property
     def bytes_allocated(self) -> int:

@@ -57,18 +57,6 @@ def load_policy(name: str, *, cache: bool = True, device: str = "cpu") -> Policy
     return make_policy(load_model(name, device=device), cache=cache)
 
 
-def top_p_set(logits: Tensor, p: float) -> Tensor:
-    """Token ids of the nucleus of ``softmax(logits)`` (1-D logits), most probable first.
-
-    Keeps tokens whose *preceding* cumulative mass is < p, so at least one token is kept
-    (paper, "Conservative exploration": top-p children with p = 0.8).
-    """
-    probs = torch.softmax(logits.float(), dim=-1)
-    sorted_p, order = torch.sort(probs, descending=True)
-    before = torch.cumsum(sorted_p, 0) - sorted_p
-    return order[before < p]
-
-
 def bulk_greedy(
     policy: Policy, seqs: Sequence[TokenSequence], max_new_tokens: int, batch_size: int = 32
 ) -> list[tuple[int, ...]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 PENDING = -1
 
@@ -132,3 +133,53 @@ class Trie:
         for node in sorted(nodes, key=lambda nd: -nd.depth):
             if node.slot == PENDING and not node.children and node.parent is not None:
                 self.remove_leaf(node)
+
+
+@dataclass
+class CallPlan:
+    """Which nodes one backend call must compute, and in which wave.
+
+    ``paths[i]`` is sequence i's node path; ``segments`` holds (wave, path, start): the nodes
+    ``path[start:]`` are computed in wave ``wave`` after their stored prefix ``path[:start]``;
+    ``reused`` counts positions the call found in the trie (stored, or pending from a sequence
+    inserted earlier in the same call).
+    """
+
+    paths: list[list[TrieNode]]
+    created: list[TrieNode] = field(default_factory=list)
+    segments: list[tuple[int, list[TrieNode], int]] = field(default_factory=list)
+    reused: int = 0
+
+    def waves(self) -> list[list[tuple[list[TrieNode], int]]]:
+        """The segments grouped by wave, in wave order: [(path, start), …] per wave."""
+        n = max((w for w, _, _ in self.segments), default=-1) + 1
+        out: list[list[tuple[list[TrieNode], int]]] = [[] for _ in range(n)]
+        for w, path, start in self.segments:
+            out[w].append((path, start))
+        return out
+
+
+def plan_call(trie: Trie, seqs: Sequence[Sequence[int]]) -> CallPlan:
+    """Insert every sequence into ``trie`` (missing nodes PENDING) and plan their computation.
+
+    Each missing node is computed once even when several sequences share it: the sequence that
+    inserts a node first owns it, and sequences are inserted longest first, so a long sequence
+    owns the shared stem and the shorter ones branching off it wait one wave (prefixes of one
+    answer: 2 waves, not one per prefix). A segment whose parent is pending runs one wave after
+    the parent's. Used by the backend and, on a trie of its own, by :mod:`saffron.lm.ledger`.
+    """
+    plan = CallPlan(paths=[[] for _ in seqs])
+    wave_of: dict[int, int] = {}
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+        path, start = trie.walk(seqs[i], create=True)
+        plan.paths[i] = path
+        plan.reused += start
+        if start == len(path):
+            continue
+        parent = path[start - 1] if start else None
+        wave = wave_of[id(parent)] + 1 if parent is not None and parent.slot == PENDING else 0
+        for nd in path[start:]:
+            wave_of[id(nd)] = wave
+        plan.created.extend(path[start:])
+        plan.segments.append((wave, path, start))
+    return plan

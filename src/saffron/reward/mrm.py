@@ -92,8 +92,15 @@ class RewardHead(nn.Module):
         self.out_features = int(weight.shape[0])
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """(…, d) → (…, V) float32."""
-        return hidden.float() @ self.weight.float().T + self.bias
+        """(…, d) → (…, V) float32.
+
+        The matmul runs in the weight's own dtype (float32 accumulation, as the LM head it
+        is): casting the V×d weight to float32 on every call would copy it each time (for
+        Llama Guard 3 1B, 128256 × 2048 values per call) to gain nothing but the rounding of
+        the inputs. Only the (…, V) output is cast.
+        """
+        w = self.weight
+        return (hidden.to(w.dtype) @ w.T).float() + self.bias
 
     def gather(self, hidden: Tensor, tokens: Tensor) -> Tensor:
         """Entry ``tokens[i]`` of the reward vector of ``hidden[i]``: (N, d), (N,) → (N,)."""

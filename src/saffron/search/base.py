@@ -1,18 +1,32 @@
 """The search interface: one signature for every method, a registry, the result type.
 
-A method is a function ``(world, sequence, config) -> SearchResult``. ``world`` holds the policy
-and the reward models the method may use; ``sequence`` is the policy's input (prompt segments
-and prefill, nothing generated); ``config`` is a :class:`SearchConfig`. Methods register
-themselves by name with :func:`register`.
+A method is written once, as a *step function* ``(world, sequence, config) -> Steps``: a
+generator that yields an :class:`Ask` (the sequences it needs scored by the policy, the MRM and
+the guard), receives the matching :class:`Reply`, and finally returns an :class:`Outcome`. It
+never calls a model itself. Two drivers answer the asks:
+
+* :func:`drive` answers each ask with its own model calls: one search at a time. The
+  registered function ``(world, sequence, config) -> SearchResult`` is this driver around the
+  step function, metered by the backends' counters.
+* :class:`saffron.search.scheduler.Scheduler` answers the asks of many searches with ONE call
+  per model per step (continuous batching), charging each search by a ledger.
+
+``world`` holds the policy and the reward models the method may use; ``sequence`` is the
+policy's input (prompt segments and prefill, nothing generated); ``config`` is a
+:class:`SearchConfig`. Methods register themselves by name with :func:`register`.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from saffron.errors import SaffronError
 from saffron.lm.backend import Backend
@@ -103,17 +117,61 @@ class SearchResult:
         }
 
 
+@dataclass(frozen=True)
+class Ask:
+    """What a search needs before its next step: next-token logits of ``logits`` from the
+    policy, reward vectors of ``mrm`` from the MRM (``conservative``: unseen tokens −∞, Eq. 7),
+    outcome rewards of ``guard`` from the guard. Any may be empty; the parts are independent,
+    so a driver may compute them in any order or batch them with other searches' asks."""
+
+    logits: tuple[TokenSequence, ...] = ()
+    mrm: tuple[TokenSequence, ...] = ()
+    guard: tuple[TokenSequence, ...] = ()
+    conservative: bool = True
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to an :class:`Ask`, CPU float32, one row per asked sequence, in order:
+    ``logits`` (len(ask.logits), V) raw (no stop-token rule applied), ``mrm``
+    (len(ask.mrm), V), ``guard`` (len(ask.guard),)."""
+
+    logits: Tensor
+    mrm: Tensor
+    guard: Tensor
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step function returns: the answer, the reward the search saw for it (−∞: none),
+    and method-specific details for ``SearchResult.extra``."""
+
+    sequence: TokenSequence
+    reward: float = float("-inf")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Steps = Generator[Ask, Reply, Outcome]
+StepFn = Callable[[World, TokenSequence, SearchConfig], Steps]
 SearchFn = Callable[[World, TokenSequence, SearchConfig], SearchResult]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method. ``steps`` is its one implementation; ``fn`` runs it alone."""
+
     name: str
     fn: SearchFn
     description: str
     budget_meaning: str
     needs_guard: bool = False
     needs_mrm: bool = False
+    steps: StepFn | None = None
+
+    @property
+    def uses_reward_model(self) -> bool:
+        """Whether results report reward-model calls (methods without one report none)."""
+        return self.needs_guard or self.needs_mrm
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -126,9 +184,16 @@ def register(
     *,
     needs_guard: bool = False,
     needs_mrm: bool = False,
-) -> Callable[[SearchFn], SearchFn]:
-    def deco(fn: SearchFn) -> SearchFn:
-        METHODS[name] = MethodSpec(name, fn, description, budget_meaning, needs_guard, needs_mrm)
+) -> Callable[[StepFn], SearchFn]:
+    """Register a step function under ``name``; returns its one-at-a-time :data:`SearchFn`."""
+
+    def deco(steps: StepFn) -> SearchFn:
+        def fn(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+            return run_alone(METHODS[name], world, seq, cfg)
+
+        fn.__name__, fn.__doc__ = steps.__name__, steps.__doc__
+        spec = MethodSpec(name, fn, description, budget_meaning, needs_guard, needs_mrm, steps)
+        METHODS[name] = spec
         return fn
 
     return deco
@@ -157,11 +222,107 @@ def metered(world: World) -> Iterator[Compute]:
         out.per_model = {role: backends[role].compute.minus(before[role]) for role in backends}
 
 
-def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig) -> SearchResult:
-    """Check the method's needs, then run it."""
-    spec = get_method(name)
+def check_needs(spec: MethodSpec, world: World) -> None:
+    """SaffronError when ``world`` lacks a model the method needs."""
     if spec.needs_guard and world.guard is None:
-        raise SaffronError(f"method {name!r} needs a guard model")
+        raise SaffronError(f"method {spec.name!r} needs a guard model")
     if spec.needs_mrm and world.mrm is None:
-        raise SaffronError(f"method {name!r} needs a multifurcation reward model (MRM)")
+        raise SaffronError(f"method {spec.name!r} needs a multifurcation reward model (MRM)")
+
+
+def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig) -> SearchResult:
+    """Check the method's needs, then run it alone."""
+    spec = get_method(name)
+    check_needs(spec, world)
     return spec.fn(world, seq, config)
+
+
+# --- driving step functions -----------------------------------------------------------------
+
+_EMPTY = torch.zeros(0)
+
+
+def answer(world: World, ask: Ask) -> Reply:
+    """Answer ``ask`` with one call per model it names (empty parts cost nothing)."""
+    logits = world.policy.next_logits(ask.logits).float().cpu() if ask.logits else _EMPTY
+    mrm = guard = _EMPTY
+    if ask.mrm:
+        assert world.mrm is not None, "a search asked the MRM of a world without one"
+        mrm = world.mrm.rewards(ask.mrm, conservative=ask.conservative).float().cpu()
+    if ask.guard:
+        assert world.guard is not None, "a search asked the guard of a world without one"
+        guard = world.guard.score(ask.guard).float().cpu()
+    return Reply(logits, mrm, guard)
+
+
+def drive(world: World, steps: Steps) -> Outcome:
+    """Run a step function to its end, answering each ask with :func:`answer`."""
+    try:
+        ask = next(steps)
+        while True:
+            ask = steps.send(answer(world, ask))
+    except StopIteration as stop:
+        return stop.value
+
+
+def build_result(
+    world: World,
+    spec: MethodSpec,
+    outcome: Outcome,
+    compute: Compute,
+    reward_calls: dict[str, int],
+) -> SearchResult:
+    """The :class:`SearchResult` of a finished search."""
+    policy, gen = world.policy, outcome.sequence.generated
+    return SearchResult(
+        method=spec.name,
+        sequence=outcome.sequence,
+        text=policy.chat.decode(gen),
+        reward=outcome.reward if math.isfinite(outcome.reward) else None,
+        finished=bool(gen) and gen[-1] in policy.chat.eos_ids,
+        compute=compute,
+        reward_calls=dict(reward_calls) if spec.uses_reward_model else {},
+        extra=dict(outcome.extra),
+    )
+
+
+def run_alone(
+    spec: MethodSpec, world: World, seq: TokenSequence, cfg: SearchConfig
+) -> SearchResult:
+    """Run one search by itself, metered by the backends' counters."""
+    assert spec.steps is not None
+    with measured(world) as meter:
+        outcome = drive(world, spec.steps(world, seq, cfg))
+    return build_result(world, spec, outcome, meter.compute, meter.reward_calls)
+
+
+@dataclass
+class Meter:
+    """Compute per model role and reward-model calls, filled in when :func:`measured` exits."""
+
+    compute: Compute
+    reward_calls: dict[str, int] = field(default_factory=dict)
+
+
+def reward_models(world: World) -> dict[str, Any]:
+    """The world's reward models by role (``guard``, ``mrm``), those it has."""
+    return {role: m for role, m in (("guard", world.guard), ("mrm", world.mrm)) if m is not None}
+
+
+@contextmanager
+def measured(world: World) -> Iterator[Meter]:
+    """Like :func:`metered`, and also count the reward models' ``calls`` spent in the block.
+
+    A guard's ``calls`` counts scored (prompt, response) pairs, an MRM's scored sequences: the
+    units in which the paper counts PRM and MRM calls.
+    """
+    models = reward_models(world)
+    before = {role: int(getattr(m, "calls", 0)) for role, m in models.items()}
+    with metered(world) as compute:
+        meter = Meter(compute)
+        try:
+            yield meter
+        finally:
+            meter.reward_calls = {
+                role: int(getattr(m, "calls", 0)) - before[role] for role, m in models.items()
+            }

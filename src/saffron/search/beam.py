@@ -23,26 +23,23 @@ survives; the answer is the completed one with the highest guard reward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import replace
 
 import torch
 
 from saffron.lm.policy import Policy
-from saffron.reward.base import Guard
-from saffron.search.base import SearchConfig, SearchResult, World, register
+from saffron.search.base import Ask, Outcome, Reply, SearchConfig, Steps, World, register
 from saffron.search.common import (
     Node,
     best,
     child,
     float_option,
     int_option,
-    make_result,
-    measured,
     rank_key,
     require_guard,
 )
-from saffron.search.decoding import generator, policy_logits, sample_tokens
+from saffron.search.decoding import forbid_stop, generator, sample_tokens
 from saffron.types import TokenSequence
 
 
@@ -69,10 +66,11 @@ def expand(
     counts: Sequence[int],
     cfg: SearchConfig,
     gen: torch.Generator,
-) -> list[Node]:
+) -> Generator[Ask, Reply, list[Node]]:
     """Sample ``counts[i]`` children of ``frontier[i]``; one batched policy call."""
     parents = [(node, n) for node, n in zip(frontier, counts, strict=True) if n > 0]
-    logits = policy_logits(policy, [node.seq for node, _ in parents], cfg).cpu()  # (F, V)
+    seqs = [node.seq for node, _ in parents]
+    logits = forbid_stop((yield Ask(logits=tuple(seqs))).logits, seqs, policy, cfg)  # (F, V)
     logprobs = torch.log_softmax(logits / cfg.temperature, dim=-1)
     children = []
     for i, (node, n) in enumerate(parents):
@@ -81,9 +79,9 @@ def expand(
     return children
 
 
-def score(guard: Guard, children: Sequence[Node]) -> list[Node]:
+def score(children: Sequence[Node]) -> Generator[Ask, Reply, list[Node]]:
     """Process reward of each child's partial answer: one guard call per child."""
-    rewards = guard.score([c.seq for c in children]).float().cpu()  # (C,)
+    rewards = (yield Ask(guard=tuple(c.seq for c in children))).guard  # (C,)
     return [replace(c, reward=float(r)) for c, r in zip(children, rewards.tolist(), strict=True)]
 
 
@@ -104,26 +102,26 @@ def select(children: Sequence[Node], width: int) -> tuple[list[Node], list[Node]
     "beam width w (w·k children scored per step, k = option children)",
     needs_guard=True,
 )
-def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Run reward-balanced beam search from ``seq``.
 
     ``extra["children_per_step"]`` lists the children scored at each step (guard calls); it is
     k·(w − completed) every step, so w·k while no answer has completed.
     """
-    guard = require_guard(world, "beam")
+    require_guard(world, "beam")
     k = int_option(cfg, "children", 4, 1)
     tau = float_option(cfg, "rebase_temperature", 1.0)
     gen = generator(cfg)
     frontier: list[Node] = [Node(seq)]
     completed: list[Node] = []
     per_step: list[int] = []
-    with measured(world) as meter:
-        while frontier and (width := cfg.budget - len(completed)) > 0:
-            counts = allocate([n.reward for n in frontier], k * width, tau)
-            children = score(guard, expand(world.policy, frontier, counts, cfg, gen))
-            frontier, done = select(children, width)
-            completed += done
-            per_step.append(len(children))
+    while frontier and (width := cfg.budget - len(completed)) > 0:
+        counts = allocate([n.reward for n in frontier], k * width, tau)
+        children = yield from expand(world.policy, frontier, counts, cfg, gen)
+        children = yield from score(children)
+        frontier, done = select(children, width)
+        completed += done
+        per_step.append(len(children))
     answer = best(completed or frontier)
     extra = {
         "reward_source": "guard (process)",
@@ -132,4 +130,4 @@ def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
         "children_per_step": per_step,
         "completed": len(completed),
     }
-    return make_result(world, "beam", answer, meter, extra)
+    return Outcome(answer.seq, answer.reward, extra)

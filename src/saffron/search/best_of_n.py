@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from saffron.search.base import SearchConfig, SearchResult, World, register
-from saffron.search.common import Node, make_result, measured, require_guard
-from saffron.search.decoding import decode_batch, generator
+from saffron.search.base import Ask, Outcome, SearchConfig, Steps, World, register
+from saffron.search.common import require_guard
+from saffron.search.decoding import decode_steps, generator
 from saffron.types import TokenSequence
 
 
@@ -25,19 +25,17 @@ from saffron.types import TokenSequence
     "N samples",
     needs_guard=True,
 )
-def best_of_n(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+def best_of_n(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Sample ``cfg.budget`` answers, return the one the guard scores highest.
 
     Makes exactly ``cfg.budget`` guard calls. With budget 1 the answer is the ``sample``
     method's answer (same seed, same generator stream).
     """
-    guard = require_guard(world, "best-of-n")
-    with measured(world) as meter:
-        samples = decode_batch(
-            world.policy, [seq] * cfg.budget, cfg, greedy=False, gen=generator(cfg)
-        )
-        rewards = guard.score(samples).float().cpu()  # (N,) outcome rewards
-        pick = int(torch.argmax(rewards))  # first maximum
-        answer = Node(samples[pick], float(rewards[pick]), finished=True)
+    require_guard(world, "best-of-n")
+    samples = yield from decode_steps(
+        world.policy, [seq] * cfg.budget, cfg, greedy=False, gen=generator(cfg)
+    )
+    rewards = (yield Ask(guard=tuple(samples))).guard  # (N,) outcome rewards
+    pick = int(torch.argmax(rewards))  # first maximum
     extra = {"reward_source": "guard (outcome)", "rewards": rewards.tolist(), "chosen": pick}
-    return make_result(world, "best-of-n", answer, meter, extra)
+    return Outcome(samples[pick], float(rewards[pick]), extra)

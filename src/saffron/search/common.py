@@ -1,5 +1,4 @@
-"""What the reward-guided methods share: a search node, ranking, option parsing, metering of
-reward-model calls, and turning the chosen node into a :class:`SearchResult`.
+"""What the reward-guided methods share: a search node, ranking, world checks, option parsing.
 
 Ranking rule used everywhere: a node is better when its reward (the estimate the search saw) is
 higher; equal rewards are broken by the policy's log-probability of the generated tokens. The
@@ -10,17 +9,16 @@ returned the first element of an unsorted list — paper notes, "Known flaws").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
 
 from saffron.errors import SaffronError
 from saffron.lm.policy import Policy
 from saffron.reward.base import Guard, MultifurcationRM
-from saffron.search.base import SearchConfig, SearchResult, World, metered
-from saffron.search.decoding import ended_by_eos, is_finished
-from saffron.types import Compute, TokenSequence
+from saffron.search.base import SearchConfig, World
+from saffron.search.decoding import is_finished
+from saffron.types import TokenSequence
 
 NEG_INF = float("-inf")
 
@@ -108,63 +106,3 @@ def bool_option(cfg: SearchConfig, key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise SaffronError(f"option {key!r} must be true or false, got {value!r}")
     return value
-
-
-# --- metering and results -------------------------------------------------------------------
-
-
-@dataclass
-class Meter:
-    """Compute per model role and reward-model calls, filled in when :func:`measured` exits."""
-
-    compute: Compute
-    reward_calls: dict[str, int] = field(default_factory=dict)
-
-
-def _reward_models(world: World) -> dict[str, Any]:
-    return {role: m for role, m in (("guard", world.guard), ("mrm", world.mrm)) if m is not None}
-
-
-@contextmanager
-def measured(world: World) -> Iterator[Meter]:
-    """Like :func:`metered`, and also count the reward models' ``calls`` spent in the block.
-
-    A guard's ``calls`` counts scored (prompt, response) pairs, an MRM's scored sequences: the
-    units in which the paper counts PRM and MRM calls.
-    """
-    models = _reward_models(world)
-    before = {role: int(getattr(m, "calls", 0)) for role, m in models.items()}
-    with metered(world) as compute:
-        meter = Meter(compute)
-        try:
-            yield meter
-        finally:
-            meter.reward_calls = {
-                role: int(getattr(m, "calls", 0)) - before[role] for role, m in models.items()
-            }
-
-
-def finite_or_none(x: float) -> float | None:
-    """``x`` when finite, else None (no usable reward was seen; keeps JSON valid)."""
-    return x if math.isfinite(x) else None
-
-
-def make_result(
-    world: World,
-    method: str,
-    node: Node,
-    meter: Meter,
-    extra: dict[str, Any] | None = None,
-) -> SearchResult:
-    """The result for answer ``node``: its text, the reward the search saw, what it cost."""
-    policy = world.policy
-    return SearchResult(
-        method=method,
-        sequence=node.seq,
-        text=policy.chat.decode(node.seq.generated),
-        reward=finite_or_none(node.reward),
-        finished=ended_by_eos(node.seq, policy),
-        compute=meter.compute,
-        reward_calls=dict(meter.reward_calls),
-        extra=dict(extra or {}),
-    )

@@ -1,14 +1,18 @@
-"""Step helpers every method uses: EOS rules, sampling, stopping."""
+"""Step helpers every method uses: EOS rules, batched top-p, sampling, stopping, decoding.
+
+Everything here works on whole batches of rows (one tensor op per step, no per-row Python loop
+over the vocabulary).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 import torch
 from torch import Tensor
 
 from saffron.lm.policy import Policy
-from saffron.search.base import SearchConfig
+from saffron.search.base import Ask, Reply, SearchConfig
 from saffron.types import TokenSequence
 
 
@@ -22,43 +26,82 @@ def ended_by_eos(seq: TokenSequence, policy: Policy) -> bool:
     return bool(seq.generated) and seq.generated[-1] in policy.chat.eos_ids
 
 
-def policy_logits(policy: Policy, seqs: Sequence[TokenSequence], cfg: SearchConfig) -> Tensor:
-    """Next-token logits (B, V), with stop tokens forbidden before ``min_new_tokens``.
+def forbid_stop(
+    logits: Tensor, seqs: Sequence[TokenSequence], policy: Policy, cfg: SearchConfig
+) -> Tensor:
+    """``logits`` (B, V) with stop tokens at −∞ in rows shorter than ``min_new_tokens``.
 
-    Returns a new tensor the caller owns (a clone: the backend's output may be an inference-mode
-    tensor, which cannot be written in place).
+    Returns a new tensor the caller owns (the input may be an inference-mode tensor).
     """
-    logits = policy.next_logits(seqs).clone()
-    for b, s in enumerate(seqs):
-        if len(s.generated) < cfg.min_new_tokens:
-            logits[b, list(policy.chat.eos_ids)] = float("-inf")
-    return logits
+    out = logits.clone()
+    young = [b for b, s in enumerate(seqs) if len(s.generated) < cfg.min_new_tokens]
+    if young:
+        rows = torch.tensor(young)[:, None]
+        out[rows, torch.tensor(sorted(policy.chat.eos_ids))[None, :]] = float("-inf")
+    return out
+
+
+def top_p_mask(logits: Tensor, p: float) -> Tensor:
+    """Bool (B, V): the nucleus of ``softmax(logits)`` in each row (paper, "Conservative
+    exploration": top-p children, p = 0.8).
+
+    A token is kept when the probability mass of the tokens ranked before it is < p, so at
+    least one token per row is kept. Rows are ranked by one ``topk`` of a few candidates; only
+    rows whose nucleus is wider than that (a flat distribution) pay for a full sort.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    k = min(probs.shape[-1], 64)
+    top_p, top_i = torch.topk(probs, k, dim=-1)  # (B, k), descending
+    before = torch.cumsum(top_p, -1) - top_p
+    mask = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top_i, before < p)
+    wide = before[:, -1] + top_p[:, -1] < p  # the nucleus reaches past the k candidates
+    if bool(wide.any()):
+        rows = torch.nonzero(wide).squeeze(-1)
+        sorted_p, order = torch.sort(probs[rows], dim=-1, descending=True)
+        full_before = torch.cumsum(sorted_p, -1) - sorted_p
+        mask[rows] = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, full_before < p)
+    return mask
 
 
 def sample_tokens(logits: Tensor, cfg: SearchConfig, gen: torch.Generator) -> list[int]:
     """One sampled token per row of ``logits`` at ``cfg.temperature`` within top-p."""
     # on the CPU: the generator is a CPU one, and draws then match across devices
-    probs = torch.softmax(logits.float().cpu() / cfg.temperature, dim=-1)
+    scaled = logits.float().cpu() / cfg.temperature
+    probs = torch.softmax(scaled, dim=-1)
     if cfg.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-        before = torch.cumsum(sorted_p, -1) - sorted_p
-        sorted_p = torch.where(before < cfg.top_p, sorted_p, torch.zeros_like(sorted_p))
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = torch.where(top_p_mask(scaled, cfg.top_p), probs, torch.zeros_like(probs))
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1).tolist()
-
-
-def greedy_starts(policy: Policy, seqs: list[TokenSequence], k: int) -> list[tuple[int, ...]]:
-    """The first ``k`` tokens of each sequence's greedy continuation, stop tokens dropped: the
-    prefill of an attack that opens with the undefended policy's own answer."""
-    outs = decode_batch(policy, seqs, SearchConfig(max_new_tokens=k, min_new_tokens=0), greedy=True)
-    eos = policy.chat.eos_ids
-    return [tuple(t for t in s.generated if t not in eos) for s in outs]
 
 
 def generator(cfg: SearchConfig, salt: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(cfg.seed * 1_000_003 + salt)
     return g
+
+
+def decode_steps(
+    policy: Policy,
+    seqs: Sequence[TokenSequence],
+    cfg: SearchConfig,
+    *,
+    greedy: bool,
+    gen: torch.Generator | None = None,
+) -> Generator[Ask, Reply, list[TokenSequence]]:
+    """Steps that extend every sequence until finished and return them (use with
+    ``yield from``). Each step asks the policy for the logits of all unfinished sequences."""
+    out = list(seqs)
+    while live := [i for i, s in enumerate(out) if not is_finished(s, policy, cfg)]:
+        rows = [out[i] for i in live]
+        reply: Reply = yield Ask(logits=tuple(rows))
+        logits = forbid_stop(reply.logits, rows, policy, cfg)
+        if greedy:
+            toks = logits.argmax(-1).tolist()
+        else:
+            assert gen is not None
+            toks = sample_tokens(logits, cfg, gen)
+        for i, t in zip(live, toks, strict=True):
+            out[i] = out[i].extend(int(t))
+    return out
 
 
 def decode_batch(
@@ -70,16 +113,19 @@ def decode_batch(
     gen: torch.Generator | None = None,
 ) -> list[TokenSequence]:
     """Extend every sequence until finished, all unfinished ones batched per step."""
-    seqs = list(seqs)
-    while True:
-        live = [i for i, s in enumerate(seqs) if not is_finished(s, policy, cfg)]
-        if not live:
-            return seqs
-        logits = policy_logits(policy, [seqs[i] for i in live], cfg)
-        if greedy:
-            toks = logits.argmax(-1).tolist()
-        else:
-            assert gen is not None
-            toks = sample_tokens(logits, cfg, gen)
-        for i, t in zip(live, toks, strict=True):
-            seqs[i] = seqs[i].extend(int(t))
+    steps = decode_steps(policy, seqs, cfg, greedy=greedy, gen=gen)
+    try:
+        ask = next(steps)
+        while True:
+            logits = policy.next_logits(ask.logits).float().cpu()
+            ask = steps.send(Reply(logits, torch.zeros(0), torch.zeros(0)))
+    except StopIteration as stop:
+        return list(stop.value)
+
+
+def greedy_starts(policy: Policy, seqs: list[TokenSequence], k: int) -> list[tuple[int, ...]]:
+    """The first ``k`` tokens of each sequence's greedy continuation, stop tokens dropped: the
+    prefill of an attack that opens with the undefended policy's own answer."""
+    outs = decode_batch(policy, seqs, SearchConfig(max_new_tokens=k, min_new_tokens=0), greedy=True)
+    eos = policy.chat.eos_ids
+    return [tuple(t for t in s.generated if t not in eos) for s in outs]

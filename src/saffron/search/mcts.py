@@ -27,25 +27,22 @@ every rollout of it is the answer and Q is the guard's outcome reward of the ans
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from saffron.lm.policy import Policy, top_p_set
-from saffron.reward.base import Guard
-from saffron.search.base import SearchConfig, SearchResult, World, register
+from saffron.lm.policy import Policy
+from saffron.search.base import Ask, Outcome, Reply, SearchConfig, Steps, World, register
 from saffron.search.common import (
     NEG_INF,
     Node,
     child,
     float_option,
     int_option,
-    make_result,
-    measured,
     require_guard,
 )
-from saffron.search.decoding import decode_batch, generator, is_finished, policy_logits
+from saffron.search.decoding import decode_steps, forbid_stop, generator, is_finished, top_p_mask
 from saffron.types import TokenSequence
 
 
@@ -88,12 +85,16 @@ class Arm:
             self.best_rollout = Node(rollout, reward)
 
 
-def expand(policy: Policy, node: Node, cfg: SearchConfig, k: int) -> list[Arm]:
+def expand(
+    policy: Policy, node: Node, cfg: SearchConfig, k: int
+) -> Generator[Ask, Reply, list[Arm]]:
     """The ``k`` most probable tokens of the policy's top-p set after ``node``."""
-    logits = policy_logits(policy, [node.seq], cfg)[0].cpu() / cfg.temperature  # (V,)
+    raw = (yield Ask(logits=(node.seq,))).logits
+    logits = forbid_stop(raw, [node.seq], policy, cfg)[0] / cfg.temperature  # (V,)
     logprobs = torch.log_softmax(logits, dim=-1)
-    toks = top_p_set(logits, cfg.top_p)
-    toks = toks[torch.isfinite(logits[toks])][:k]
+    kept = top_p_mask(logits[None], cfg.top_p)[0] & torch.isfinite(logits)
+    cand = torch.nonzero(kept).squeeze(-1)
+    toks = cand[torch.argsort(-logits[cand], stable=True)][:k]  # most probable first
     return [
         Arm(child(policy, cfg, node, t, float(logprobs[t])), math.exp(float(logprobs[t])))
         for t in toks.tolist()
@@ -114,31 +115,31 @@ def uct(arms: Sequence[Arm], c: float) -> int:
 
 def simulate(
     world: World,
-    guard: Guard,
     arms: Sequence[Arm],
     cfg: SearchConfig,
     opts: Options,
     gen: torch.Generator,
-) -> None:
+) -> Generator[Ask, Reply, None]:
     """One rollout per arm (batched), each scored by one guard call; updates the arms."""
     depth = len(arms[0].node.seq.generated)  # siblings share their length
     horizon = min(cfg.max_new_tokens, depth + opts.lookahead)
     look = replace(cfg, max_new_tokens=horizon, min_new_tokens=min(cfg.min_new_tokens, horizon))
-    rollouts = decode_batch(world.policy, [a.node.seq for a in arms], look, greedy=False, gen=gen)
-    rewards = guard.score(rollouts).float().cpu().tolist()  # (len(arms),)
+    seqs = [a.node.seq for a in arms]
+    rollouts = yield from decode_steps(world.policy, seqs, look, greedy=False, gen=gen)
+    rewards = (yield Ask(guard=tuple(rollouts))).guard.tolist()  # (len(arms),)
     for arm, rollout, reward in zip(arms, rollouts, rewards, strict=True):
         arm.record(rollout, float(reward))
 
 
 def decide(
-    world: World, guard: Guard, node: Node, cfg: SearchConfig, opts: Options, gen: torch.Generator
-) -> Arm:
+    world: World, node: Node, cfg: SearchConfig, opts: Options, gen: torch.Generator
+) -> Generator[Ask, Reply, Arm]:
     """Run ``cfg.budget`` simulations from ``node``; return the arm to commit."""
-    arms = expand(world.policy, node, cfg, opts.children)
+    arms = yield from expand(world.policy, node, cfg, opts.children)
     first = arms[: cfg.budget]  # every arm once, most probable first, in one batch
-    simulate(world, guard, first, cfg, opts, gen)
+    yield from simulate(world, first, cfg, opts, gen)
     for _ in range(cfg.budget - len(first)):
-        simulate(world, guard, [arms[uct(arms, opts.exploration)]], cfg, opts, gen)
+        yield from simulate(world, [arms[uct(arms, opts.exploration)]], cfg, opts, gen)
     return max(arms, key=lambda a: (a.value, a.visits, a.prior))
 
 
@@ -156,21 +157,20 @@ def commit(policy: Policy, cfg: SearchConfig, node: Node, arm: Arm, chunk: int) 
     "simulations (guard calls) per token decision",
     needs_guard=True,
 )
-def mcts(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+def mcts(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Decode ``seq`` one decision at a time, each decided by ``cfg.budget`` scored rollouts."""
-    guard = require_guard(world, "mcts")
+    require_guard(world, "mcts")
     opts = Options.of(cfg)
     gen = generator(cfg)
     node, decisions = Node(seq), 0
-    with measured(world) as meter:
-        while not node.finished:
-            arm = decide(world, guard, node, cfg, opts, gen)
-            node = commit(world.policy, cfg, node, arm, opts.chunk)
-            decisions += 1
+    while not node.finished:
+        arm = yield from decide(world, node, cfg, opts, gen)
+        node = commit(world.policy, cfg, node, arm, opts.chunk)
+        decisions += 1
     extra = {
         "reward_source": "guard (lookahead rollouts)",
         "decisions": decisions,
         "simulations_per_decision": cfg.budget,
         **{f"option_{k}": v for k, v in vars(opts).items()},
     }
-    return make_result(world, "mcts", node, meter, extra)
+    return Outcome(node.seq, node.reward, extra)

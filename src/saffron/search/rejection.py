@@ -10,9 +10,9 @@ The first sample equals the ``sample`` method's answer under the same seed.
 
 from __future__ import annotations
 
-from saffron.search.base import SearchConfig, SearchResult, World, register
-from saffron.search.common import Node, float_option, make_result, measured, require_guard
-from saffron.search.decoding import decode_batch, generator
+from saffron.search.base import Ask, Outcome, SearchConfig, Steps, World, register
+from saffron.search.common import Node, float_option, require_guard
+from saffron.search.decoding import decode_steps, generator
 from saffron.types import TokenSequence
 
 
@@ -22,21 +22,21 @@ from saffron.types import TokenSequence
     "most samples drawn",
     needs_guard=True,
 )
-def rejection(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+def rejection(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Draw up to ``cfg.budget`` samples, stopping at the first the guard accepts.
 
     Makes one guard call per sample drawn; ``extra["samples"]`` says how many were drawn.
     """
-    guard = require_guard(world, "rejection")
+    require_guard(world, "rejection")
     threshold = float_option(cfg, "threshold", 0.0, positive=False)
     gen = generator(cfg)
     tried: list[Node] = []
-    with measured(world) as meter:
-        while len(tried) < cfg.budget:
-            answer = decode_batch(world.policy, [seq], cfg, greedy=False, gen=gen)[0]
-            tried.append(Node(answer, float(guard.score([answer])[0]), finished=True))
-            if tried[-1].reward >= threshold:
-                break
+    while len(tried) < cfg.budget:
+        (answer,) = yield from decode_steps(world.policy, [seq], cfg, greedy=False, gen=gen)
+        reward = float((yield Ask(guard=(answer,))).guard[0])
+        tried.append(Node(answer, reward, finished=True))
+        if reward >= threshold:
+            break
     accepted = tried[-1].reward >= threshold
     chosen = len(tried) - 1 if accepted else max(range(len(tried)), key=lambda i: tried[i].reward)
     extra = {
@@ -45,4 +45,4 @@ def rejection(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResu
         "accepted": accepted,
         "rewards": [n.reward for n in tried],
     }
-    return make_result(world, "rejection", tried[chosen], meter, extra)
+    return Outcome(tried[chosen].seq, tried[chosen].reward, extra)

@@ -37,19 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saffron.lm.policy import Policy, top_p_set
-from saffron.reward.base import MultifurcationRM
-from saffron.search.base import SearchConfig, SearchResult, World, register
-from saffron.search.common import (
-    Node,
-    best,
-    bool_option,
-    make_result,
-    measured,
-    rank_key,
-    require_mrm,
-)
-from saffron.search.decoding import is_finished, policy_logits
+from saffron.lm.policy import Policy
+from saffron.search.base import Ask, Outcome, SearchConfig, Steps, World, register
+from saffron.search.common import Node, best, bool_option, rank_key, require_mrm
+from saffron.search.decoding import forbid_stop, is_finished, top_p_mask
 from saffron.types import TokenSequence
 
 
@@ -70,29 +61,28 @@ class Children:
         return Children(self.parent[idx], self.token[idx], self.logp[idx], self.reward[idx])
 
 
-def expand(policy: Policy, live: Sequence[Node], cfg: SearchConfig) -> Children:
-    """Top-p children of every live beam, from one batched policy call."""
-    logits = policy_logits(policy, [b.seq for b in live], cfg).cpu() / cfg.temperature  # (U, V)
-    logprobs = torch.log_softmax(logits, dim=-1)
-    parents, tokens = [], []
-    for u in range(len(live)):
-        toks = top_p_set(logits[u], cfg.top_p)
-        toks = toks[torch.isfinite(logits[u, toks])]  # a forbidden stop token is no child
-        parents.append(torch.full_like(toks, u))
-        tokens.append(toks)
-    parent, token = torch.cat(parents), torch.cat(tokens)
+def expand(policy: Policy, live: Sequence[Node], logits: Tensor, cfg: SearchConfig) -> Children:
+    """Top-p children of every live beam from the policy's logits (U, V) of the live beams.
+
+    One batched top-p over all beams; a stop token forbidden before min_new_tokens (−∞) is
+    no child. Children are listed beam by beam, token ids ascending.
+    """
+    scaled = forbid_stop(logits, [b.seq for b in live], policy, cfg) / cfg.temperature  # (U, V)
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    keep = top_p_mask(scaled, cfg.top_p) & torch.isfinite(scaled)
+    parent, token = torch.nonzero(keep, as_tuple=True)
     reward = torch.full(parent.shape, float("-inf"))
     return Children(parent, token, logprobs[parent, token], reward)
 
 
-def score(
-    mrm: MultifurcationRM, policy: Policy, live: Sequence[Node], ch: Children, conservative: bool
-) -> Children:
-    """Read every child's reward from ONE MRM call per live beam (batched; paper Eq. 3, 7)."""
-    rewards = mrm.rewards([b.seq for b in live], conservative=conservative)  # (U, V)
-    expected = (len(live), policy.vocab_size)
-    assert tuple(rewards.shape) == expected, f"MRM returned {tuple(rewards.shape)}, not {expected}"
-    return Children(ch.parent, ch.token, ch.logp, rewards.float().cpu()[ch.parent, ch.token])
+def score(policy: Policy, rewards: Tensor, ch: Children) -> Children:
+    """Every child's reward read off the MRM's vectors (U, V) of the live beams: one MRM call
+    per live beam (paper Eq. 3; unseen tokens −∞ under the conservative mask, Eq. 7)."""
+    expected = (int(ch.parent.max()) + 1 if ch.parent.numel() else 0, policy.vocab_size)
+    assert rewards.shape[1] == expected[1] and rewards.shape[0] >= expected[0], (
+        f"MRM returned {tuple(rewards.shape)}, not (U, {policy.vocab_size})"
+    )
+    return Children(ch.parent, ch.token, ch.logp, rewards[ch.parent, ch.token])
 
 
 def _ranked(ch: Children) -> Tensor:
@@ -103,12 +93,14 @@ def _ranked(ch: Children) -> Tensor:
 
 def _fallback(live: Sequence[Node], ch: Children) -> Children:
     """Each live beam's most probable child, carrying the beam's own reward (see module doc)."""
-    rows = []
-    for u in range(len(live)):
-        mine = torch.nonzero(ch.parent == u).squeeze(-1)
-        if mine.numel():
-            rows.append(int(mine[torch.argmax(ch.logp[mine])]))
-    out = ch.take(torch.tensor(rows, dtype=torch.long))
+    # rows sorted by log-probability (descending, stable), then by parent (stable): the first
+    # row of each parent is its most probable child (the earliest one on ties)
+    by_logp = torch.argsort(-ch.logp, stable=True)
+    order = by_logp[torch.argsort(ch.parent[by_logp], stable=True)]
+    parents = ch.parent[order]
+    first = torch.ones_like(parents, dtype=torch.bool)
+    first[1:] = parents[1:] != parents[:-1]
+    out = ch.take(order[first])
     inherited = torch.tensor([live[u].reward for u in out.parent.tolist()], dtype=torch.float32)
     return Children(out.parent, out.token, out.logp, inherited)
 
@@ -141,26 +133,29 @@ def select(
     "beam width N (sequences kept per step)",
     needs_mrm=True,
 )
-def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
+def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Run Saffron-1 from ``seq`` (nothing generated yet). Calls the MRM, never the guard.
 
     ``result.reward`` is the MRM's estimate for the answer (None when it never saw one);
     ``extra["beams_per_step"]`` lists how many unfinished beams were scored at each step — the
-    MRM's ``calls`` grow by exactly their sum.
+    MRM's ``calls`` grow by exactly their sum. Each step asks the policy and the MRM about the
+    same live beams at once (the MRM scores s, not its children), so a driver runs both in
+    one step.
     """
-    mrm = require_mrm(world, "saffron")
+    require_mrm(world, "saffron")
     conservative = bool_option(cfg, "conservative", True)
     policy = world.policy
     trace: list[int] = []
     fallback_steps = 0
-    with measured(world) as meter:
-        pool = [Node(seq)]
-        while live := [b for b in pool if not b.finished]:
-            children = score(mrm, policy, live, expand(policy, live, cfg), conservative)
-            pool, fell_back = select(policy, cfg, pool, live, children)
-            trace.append(len(live))
-            fallback_steps += fell_back
-        answer = best(pool)
+    pool = [Node(seq)]
+    while live := [b for b in pool if not b.finished]:
+        seqs = tuple(b.seq for b in live)
+        reply = yield Ask(logits=seqs, mrm=seqs, conservative=conservative)
+        children = score(policy, reply.mrm, expand(policy, live, reply.logits, cfg))
+        pool, fell_back = select(policy, cfg, pool, live, children)
+        trace.append(len(live))
+        fallback_steps += fell_back
+    answer = best(pool)
     extra = {
         "reward_source": "mrm",
         "conservative": conservative,
@@ -170,4 +165,4 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult
         "fallback_steps": fallback_steps,
         "final_pool": len(pool),
     }
-    return make_result(world, "saffron", answer, meter, extra)
+    return Outcome(answer.seq, answer.reward, extra)

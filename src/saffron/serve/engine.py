@@ -12,7 +12,9 @@ Contract:
   work is dropped.
 * Greedy jobs with the same token limits that are waiting together run as one batch of up to
   ``max_batch`` sequences (one decoding loop, one forward per step). Other methods run one
-  request at a time; batching their steps across requests comes with a step scheduler.
+  request at a time; :class:`saffron.search.scheduler.Scheduler` steps any methods of many
+  requests together (``submit`` on arrival, ``step`` on the worker, ``cancel``), the seam for
+  batching them here.
 * Requests share the models and their trie caches; nothing is cleared between requests, so a
   request pays only for the positions not already cached.
 """
