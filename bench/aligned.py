@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from saffron.data import PromptRow, is_refusal, load_prompts, says_refusal
-from saffron.data.prompts import BENIGN_EVAL
+from saffron.data.prompts import BENIGN_EVAL, BENIGN_PLAIN_TRAIN, BENIGN_TRAIN, validation_split
 from saffron.eval.attack import answers_path, read_answers
 from saffron.eval.run import rows_of_split
 from saffron.lm.models import SMOLLM2, load_model
@@ -157,11 +157,12 @@ def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
             cell = {"n": len(rs), "degenerate": rate([r["degenerate"] for r in rs])}
             if cond == "benign":
                 look = [r for r in rs if str(r["category"]).startswith("look-harmful")]
+                plain = [r for r in rs if not str(r["category"]).startswith("look-harmful")]
                 nll = [r["nll_under_base"] for r in rs if not math.isnan(r["nll_under_base"])]
                 cell |= {
                     "over_refusal": rate([r["refusal"] for r in rs]),
                     "over_refusal_look_harmful": rate([r["refusal"] for r in look]),
-                    "over_refusal_plain": rate([r["refusal"] for r in rs if r not in look]),
+                    "over_refusal_plain": rate([r["refusal"] for r in plain]),
                     "over_refusal_garak_rule": rate([r["refusal_rule"] for r in rs]),
                     "guard_unsafe": rate([r["guard_reward"] < 0 for r in rs]),
                     "ppl_under_base": math.exp(sum(nll) / len(nll)) if nll else float("nan"),
@@ -208,12 +209,26 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=10, help="K of the prefill attack")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--benign-limit", type=int, default=None)
+    ap.add_argument(
+        "--benign-set",
+        default="test",
+        choices=("test", "validation"),
+        help="test: saffron-benign (held out, never tuned on); validation: the held-out "
+        "quarter of the benign training sets, for choosing training settings",
+    )
     ap.add_argument("--out", default="results/aligned-world")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     harmful = harmful_rows(args.per_set)
-    benign = load_prompts(BENIGN_EVAL, args.benign_limit)
+    if args.benign_set == "test":
+        benign = load_prompts(BENIGN_EVAL, args.benign_limit)
+    else:
+        benign = [
+            r
+            for name in (BENIGN_PLAIN_TRAIN, BENIGN_TRAIN)
+            for r in validation_split(load_prompts(name))[1]
+        ][: args.benign_limit]
     base = make_policy(load_model(SMOLLM2))
     guard = load_guard("smol-guard", base.chat.tokenizer)
     recs: list[dict[str, Any]] = []

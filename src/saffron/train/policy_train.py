@@ -86,7 +86,7 @@ class PolicyTrainConfig:
     )
     """Modules with a LoRA adapter, on every layer (the MLPs too: with attention alone the
     policy learned "a request phrased like a harmful one → refuse" and over-refused)."""
-    per_set: int | None = 120
+    per_set: int | None = 50
     """Harmful training prompts taken from each harmful set's train split (None: all)."""
     redirect_fraction: float = 0.5
     """Share of refusals followed by a short safe redirection."""
