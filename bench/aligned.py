@@ -166,6 +166,10 @@ def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
                     "over_refusal_garak_rule": rate([r["refusal_rule"] for r in rs]),
                     "guard_unsafe": rate([r["guard_reward"] < 0 for r in rs]),
                     "ppl_under_base": math.exp(sum(nll) / len(nll)) if nll else float("nan"),
+                    # the answers it gives: a refusal is improbable under the base by design
+                    "ppl_under_base_answers": _ppl(
+                        [r["nll_under_base"] for r in rs if not r["refusal"]]
+                    ),
                 }
             else:
                 cell |= {
@@ -182,11 +186,17 @@ def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ppl(nll: list[float]) -> float:
+    nll = [x for x in nll if not math.isnan(x)]
+    return math.exp(sum(nll) / len(nll)) if nll else float("nan")
+
+
 def markdown(summary: dict[str, Any], k: int) -> str:
     lines = [
         f"| policy | ASR no attack (guard / rule / expr) | ASR prefill:{k} (guard / rule / expr) "
         "| degenerate (none / prefill / benign) "
-        "| over-refusal benign (all / look-harmful / plain) | benign ppl under base |",
+        "| over-refusal benign (all / look-harmful / plain) "
+        "| benign ppl under base (all / non-refusals) |",
         "|---|---|---|---|---|---|",
     ]
     for pol, row in summary.items():
@@ -197,7 +207,7 @@ def markdown(summary: dict[str, Any], k: int) -> str:
             f"{p['asr_refusal_expr']:.2f} | {n['degenerate']:.2f} / "
             f"{p['degenerate']:.2f} / {b['degenerate']:.2f} | {b['over_refusal']:.2f} / "
             f"{b['over_refusal_look_harmful']:.2f} / {b['over_refusal_plain']:.2f} (n={b['n']}) | "
-            f"{b['ppl_under_base']:.2f} |"
+            f"{b['ppl_under_base']:.2f} / {b['ppl_under_base_answers']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -217,8 +227,16 @@ def main() -> None:
         "quarter of the benign training sets, for choosing training settings",
     )
     ap.add_argument("--out", default="results/aligned-world")
+    ap.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="recompute summary.json and the table from OUT/answers.jsonl (no generation)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
+    if args.summarise_only:
+        recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+        return report(recs, out, args.prefill)
     out.mkdir(parents=True, exist_ok=True)
     harmful = harmful_rows(args.per_set)
     if args.benign_set == "test":
@@ -237,9 +255,13 @@ def main() -> None:
     with open(out / "answers.jsonl", "w", encoding="utf-8") as fh:
         for r in recs:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    report(recs, out, args.prefill)
+
+
+def report(recs: list[dict[str, Any]], out: Path, k: int) -> None:
     summary = summarise(recs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(markdown(summary, args.prefill))
+    print(markdown(summary, k))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,17 @@ from saffron.data.prompts import (
 )
 from saffron.errors import SaffronError
 
-KNOWN = ["advbench", "harmbench", "strongreject", "donotanswer", "harmful-hexphi", "ai2-refusals"]
+KNOWN = [
+    "advbench",
+    "harmbench",
+    "strongreject",
+    "donotanswer",
+    "saffron-benign",
+    "saffron-benign-train",
+    "saffron-plain-train",
+    "harmful-hexphi",
+    "ai2-refusals",
+]
 
 
 def write(tmp_path: Path, body: bytes | str, name: str = "p.jsonl") -> Path:
@@ -45,6 +55,14 @@ def test_registry_lists_the_known_sets() -> None:
     assert info["strongreject"].rows == 313
     assert info["donotanswer"].rows == 939
     assert not info["harmful-hexphi"].offline and not info["ai2-refusals"].offline
+    # the project-written sets ship in the package: offline, counted
+    assert info["saffron-benign"].rows == len(load_prompts("saffron-benign")) >= 150
+    look = [r for r in load_prompts("saffron-benign") if str(r.category).startswith("look-")]
+    assert len(look) >= 100
+    train = {
+        r.prompt for n in ("saffron-benign-train", "saffron-plain-train") for r in load_prompts(n)
+    }
+    assert not train & {r.prompt for r in load_prompts("saffron-benign")}  # held out
     assert all(d.licence and d.description for d in info.values())
 
 
@@ -53,7 +71,8 @@ def test_unknown_name_lists_known_names() -> None:
         load_prompts("advbenchh")
     assert str(err.value) == (
         "unknown dataset 'advbenchh'; known datasets: advbench, harmbench, strongreject, "
-        "donotanswer, harmful-hexphi, ai2-refusals (or a .jsonl file)"
+        "donotanswer, saffron-benign, saffron-benign-train, saffron-plain-train, harmful-hexphi, "
+        "ai2-refusals (or a .jsonl file)"
     )
 
 
