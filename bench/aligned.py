@@ -36,9 +36,14 @@ from typing import Any
 import torch
 
 from saffron.data import PromptRow, is_refusal, load_prompts, says_refusal
-from saffron.data.prompts import BENIGN_EVAL, BENIGN_PLAIN_TRAIN, BENIGN_TRAIN, validation_split
+from saffron.data.prompts import (
+    BENIGN_EVAL,
+    BENIGN_PLAIN_TRAIN,
+    BENIGN_TRAIN,
+    rows_of_split,
+    validation_split,
+)
 from saffron.eval.attack import answers_path, read_answers
-from saffron.eval.run import rows_of_split
 from saffron.lm.models import SMOLLM2, load_model
 from saffron.lm.policy import Policy, bulk_greedy, make_policy
 from saffron.reward.base import Guard

@@ -19,13 +19,13 @@ from dataclasses import replace
 
 import torch
 
-from saffron.data import ScorerRow, is_refusal, load_prompts, load_scorer_rows, train_eval_split
+from saffron.data import ScorerRow, is_refusal, load_scorer_rows
+from saffron.data.prompts import rows_of_split
 from saffron.lm.models import SMOLLM2, load_model
 from saffron.lm.policy import Policy, make_policy
 from saffron.reward.loading import load_guard
 from saffron.search import SearchConfig, World, run_search
 from saffron.search.decoding import greedy_starts
-from saffron.train.corpus import EVAL_FRACTION
 from saffron.train.guard_train import (
     MAX_PROMPT_TOKENS,
     MAX_RESPONSE_TOKENS,
@@ -117,7 +117,7 @@ def attacked_answers(policy: Policy, n_prompts: int) -> list[tuple[str, TokenSeq
     """(prompt, answer sequence, answer text) for the first ``n_prompts`` held-out AdvBench
     prompts: 10-token prefill = the policy's own greedy start, then a sampled answer."""
     world = World(policy)
-    _, held = train_eval_split(load_prompts("advbench"), EVAL_FRACTION, seed=0, by="prompt")
+    held = rows_of_split("advbench", "eval")
     out = []
     for r in held[:n_prompts]:
         seq = policy.chat.sequence(r.prompt)

@@ -447,6 +447,7 @@ def split_key(row: PromptRow, seed: int = 0, by: Literal["id", "prompt"] = "id")
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+EVAL_FRACTION = 0.5  # half of every harmful set is held out for evaluation (split by prompt)
 VALIDATION_FRACTION = 0.25
 
 
@@ -479,3 +480,17 @@ def train_eval_split(
     for row in rows:
         (evaluation if split_key(row, seed, by) < eval_fraction else train).append(row)
     return train, evaluation
+
+
+def rows_of_split(dataset: str, split: str) -> list[PromptRow]:
+    """The rows of ``split`` (``eval``, ``train`` or ``all``) of a set: the same split every
+    trainer uses, so a training prompt never appears in an ``eval`` selection."""
+    if split not in ("all", "eval", "train"):
+        raise SaffronError(f"split must be 'all', 'eval' or 'train', got {split!r}")
+    rows = load_prompts(dataset)
+    if split == "all":
+        return rows
+    if dataset in HELD_OUT_SETS:
+        return rows if split == "eval" else []
+    train, held = train_eval_split(rows, EVAL_FRACTION, seed=0, by="prompt")
+    return held if split == "eval" else train

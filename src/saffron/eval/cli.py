@@ -111,8 +111,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attack_answers(args: argparse.Namespace) -> int:
+    from saffron.data.prompts import rows_of_split
     from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
-    from saffron.eval.run import rows_of_split
     from saffron.lm.policy import load_policy
     from saffron.paths import cache_dir
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from saffron.data import PromptRow, is_refusal, load_prompts, train_eval_split
-from saffron.data.prompts import HELD_OUT_SETS, dataset_names
+from saffron.data import PromptRow, is_refusal
+from saffron.data.prompts import dataset_names, rows_of_split
 from saffron.errors import SaffronError
 from saffron.eval.attack import (
     AnswerConfig,
@@ -112,22 +112,6 @@ def weights_of(cfg: EvalConfig) -> dict[str, str | None]:
         "guard": fingerprint(cfg.guard),
         "mrm": fingerprint(cfg.mrm),
     }
-
-
-def rows_of_split(dataset: str, split: str) -> list[PromptRow]:
-    """The rows of ``split`` (``eval``, ``train`` or ``all``) of a set: the same split every
-    trainer uses, so a training prompt never appears in an ``eval`` selection."""
-    from saffron.train.corpus import EVAL_FRACTION
-
-    if split not in ("all", "eval", "train"):
-        raise SaffronError(f"split must be 'all', 'eval' or 'train', got {split!r}")
-    rows = load_prompts(dataset)
-    if split == "all":
-        return rows
-    if dataset in HELD_OUT_SETS:
-        return rows if split == "eval" else []
-    train, held = train_eval_split(rows, EVAL_FRACTION, seed=0, by="prompt")
-    return held if split == "eval" else train
 
 
 def select_rows(cfg: EvalConfig) -> list[PromptRow]:

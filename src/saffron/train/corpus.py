@@ -29,7 +29,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from saffron.data import PromptRow, load_prompts, train_eval_split
+from saffron.data import PromptRow
+from saffron.data.prompts import rows_of_split
 from saffron.lm.policy import Policy
 from saffron.search.base import SearchConfig
 from saffron.search.decoding import decode_batch, generator, greedy_starts
@@ -44,7 +45,6 @@ REDIRECT_INSTRUCTION = (
     "something harmless and positive, such as how to prevent or counter this harm, and explain "
     "why it is harmful or illegal.)"
 )
-EVAL_FRACTION = 0.5  # half of every set is held out for evaluation (split by prompt text)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def training_prompts(seed: int = 0, per_set: int | None = None) -> list[PromptRo
     """The train part of each harmful set (by prompt text, so the eval part never leaks)."""
     rows: list[PromptRow] = []
     for name in HARMFUL_SETS:
-        train, _ = train_eval_split(load_prompts(name), EVAL_FRACTION, seed=0, by="prompt")
+        train = rows_of_split(name, "train")
         rng = random.Random(f"{seed}:{name}")
         rng.shuffle(train)
         rows.extend(train[:per_set] if per_set else train)

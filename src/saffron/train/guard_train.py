@@ -202,12 +202,13 @@ def guard_loss(
     diff: Tensor,
     batch: list[GuardExample],
     w: Tensor,
-    ids_of: Callable[[list[GuardExample]], tuple[Tensor, Tensor, Tensor, Tensor]],
+    template: tuple[tuple[int, ...], tuple[int, ...], int],
 ) -> Tensor:
     """Weighted logistic loss on the final verdict plus half the weighted mean over every
-    answer prefix (the process reward), with reward = diff · h (see the module doc)."""
+    answer prefix (the process reward), with reward = diff · h (see the module doc).
+    ``template`` is (prefix ids, infix ids, pad id) of the guard's input."""
     dev = w.device
-    ids, attn, resp, last = (t.to(dev) for t in ids_of(batch))
+    ids, attn, resp, last = (t.to(dev) for t in _batch(batch, *template))
     hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
     reward = hidden @ diff  # (B, T)
     target = torch.tensor([0.0 if ex.unsafe else 1.0 for ex in batch], device=dev)
@@ -260,7 +261,7 @@ def train_guard(
             diff,
             [examples[i] for i in idx],
             weights[idx],
-            lambda b: _batch(b, prefix, infix, pad),
+            (prefix, infix, pad),
         ),
         loop,
     )

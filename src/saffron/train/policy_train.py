@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,12 +41,11 @@ from saffron.data import PromptRow, is_refusal, jsonl_objects, says_refusal
 from saffron.errors import SaffronError
 from saffron.lm.adapters import save_adapter
 from saffron.lm.chat import ChatFormat
-from saffron.lm.models import LoadedModel
+from saffron.lm.models import POLICY_KIND, LoadedModel
 from saffron.lm.policy import Policy, bulk_greedy
 from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
 from saffron.train.texts import written_texts
 
-POLICY_KIND = "policy"
 REFUSAL, BENIGN, DEEP, USER = "refusal", "benign", "deep", "user"
 
 
@@ -109,24 +109,23 @@ class PolicyTrainConfig:
             raise SaffronError(f"per_set must be positive, got {self.per_set}")
 
 
-def refusal_text(rng: random.Random, redirect_fraction: float) -> str:
-    """A written refusal, followed by a safe redirection with probability
-    ``redirect_fraction``."""
-    texts = written_texts()
-    text = rng.choice(texts.refusals)
+def _written(rng: random.Random, first: tuple[str, ...], redirect_fraction: float) -> str:
+    """One of ``first``, followed by a safe redirection with probability ``redirect_fraction``."""
+    text = rng.choice(first)
     if rng.random() < redirect_fraction:
-        text += rng.choice(texts.redirections)
+        text += rng.choice(written_texts().redirections)
     return text
+
+
+def refusal_text(rng: random.Random, redirect_fraction: float) -> str:
+    """A written refusal, sometimes followed by a safe redirection."""
+    return _written(rng, written_texts().refusals, redirect_fraction)
 
 
 def recovery_text(rng: random.Random, redirect_fraction: float) -> str:
     """What a deep example learns after a harmful start: a recovery that ends the answer as a
     refusal, sometimes with a redirection."""
-    texts = written_texts()
-    text = rng.choice(texts.recoveries)
-    if rng.random() < redirect_fraction:
-        text += rng.choice(texts.redirections)
-    return text
+    return _written(rng, written_texts().recoveries, redirect_fraction)
 
 
 @dataclass(frozen=True)
@@ -304,9 +303,7 @@ def train_policy(
         **info,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "examples": len(examples),
-        "examples_by_source": {
-            s: sum(ex.source == s for ex in examples) for s in _sources(examples)
-        },
+        "examples_by_source": dict(sorted(Counter(ex.source for ex in examples).items())),
         "steps": len(losses),
         "first_loss_mean50": mean(losses[:50]),
         "final_loss_mean50": mean(losses[-50:]),
@@ -319,10 +316,6 @@ def train_policy(
 
     save_folder(out_dir, write)
     return meta
-
-
-def _sources(examples: list[PolicyExample]) -> list[str]:
-    return sorted({ex.source for ex in examples})
 
 
 def check_out_dir(out_dir: Path, base: str) -> None:

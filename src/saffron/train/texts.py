@@ -7,7 +7,8 @@ import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+
+from saffron.data.prompts import SETS_DIR
 
 BENIGN_TEMPLATES = (
     "Explain how {} works in simple terms.",
@@ -115,8 +116,7 @@ class WrittenTexts:
 @lru_cache(maxsize=1)
 def written_texts() -> WrittenTexts:
     """The refusals above plus those of ``data/sets/refusals.json`` (project-written)."""
-    path = Path(__file__).resolve().parent.parent / "data" / "sets" / "refusals.json"
-    extra = json.loads(path.read_text(encoding="utf-8"))
+    extra = json.loads((SETS_DIR / "refusals.json").read_text(encoding="utf-8"))
     return WrittenTexts(
         refusals=REFUSALS + tuple(extra["refusals"]),
         redirections=tuple(r for r in REDIRECTIONS if r) + tuple(extra["redirections"]),
