@@ -14,6 +14,7 @@ from saffron.errors import integer as _int
 if TYPE_CHECKING:
     from saffron.data import PromptRow
     from saffron.lm.policy import Policy
+    from saffron.train.guard_train import GuardExample
     from saffron.train.policy_train import PolicyData, PolicyTrainConfig
 
 
@@ -70,6 +71,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tg.add_argument("--first-layer", type=_int, default=14, help="LoRA on layers from this one")
     tg.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
+    tg.add_argument(
+        "--world",
+        choices=("unaligned", "aligned"),
+        default="unaligned",
+        help="aligned: the aligned policies' answers (no attack, after a harmful start, benign), "
+        "the gold set's train part and the human rows (see saffron.train.aligned_corpus)",
+    )
 
     lab = sub.add_parser(
         "label",
@@ -261,6 +269,12 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
         first_layer=args.first_layer,
     )
     out = Path(args.out) if args.out else adapter_dir("smol-guard")
+    if args.world == "aligned":
+        examples = _aligned_guard_examples(args)
+        meta = train_guard(load_model(SMOLLM2, device=args.device), examples, out, cfg)
+        print(json.dumps(meta, indent=2))
+        print(f"smol-guard (aligned world) written to {out}")
+        return 0
     policy = make_policy(load_model(SMOLLM2))
     suffix = (
         (f"-per{args.per_set}" if args.per_set else "")
@@ -288,6 +302,59 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
     print(json.dumps(meta, indent=2))
     print(f"smol-guard written to {out}")
     return 0
+
+
+def _aligned_guard_examples(args: argparse.Namespace) -> list[GuardExample]:
+    """The aligned world's guard data (``saffron.train.aligned_corpus``): the harmful starts
+    are the unaligned base's answers to the train prompts (cached, as for ``--deep``)."""
+    from saffron.data import load_scorer_rows
+    from saffron.data.gold import load_gold
+    from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
+    from saffron.lm.models import ALIGNED, ALIGNED_DEEP, SMOLLM2, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import artifacts_dir, cache_dir
+    from saffron.reward.degeneracy import DegeneracyJudge
+    from saffron.train.aligned_corpus import (
+        aligned_examples,
+        aligned_jobs,
+        benign_training_prompts,
+        build_aligned_corpus,
+    )
+    from saffron.train.corpus import training_prompts
+    from saffron.train.guard_train import human_heldout
+
+    rows = training_prompts(args.seed, args.per_set)
+    base = make_policy(load_model(SMOLLM2))
+    starts: dict[str, tuple[int, ...]] = {}
+    for source in sorted({r.source for r in rows}):
+        mine = [r for r in rows if r.source == source]
+        path = answers_path(f"{source}-train", cache_dir() / "answers")
+        done = write_harmful_answers(base, mine, path, AnswerConfig())
+        starts.update({k: tuple(base.chat.encode(a.text)) for k, a in done.items() if a.text})
+    encode = base.chat.encode
+    del base
+    benign = benign_training_prompts()[: args.benign]
+    corpus = []
+    for name in (ALIGNED, ALIGNED_DEEP):
+        policy = make_policy(load_model(name))
+        jobs = aligned_jobs(name, rows, starts, benign, seed=args.seed, prefill_ks=(5, 10, 20))
+        tag = f"seed{args.seed}" + (f"-per{args.per_set}" if args.per_set else "")
+        path = cache_dir() / "corpus" / f"aligned-{name}-{tag}.jsonl"
+        corpus += build_aligned_corpus(policy, name, jobs, path, seed=args.seed)
+        del policy
+    human = [
+        (r.objective, r.response, bool(r.harmful))
+        for r in load_scorer_rows()
+        if r.harmful is not None and not human_heldout(r)
+    ]
+    degeneracy = DegeneracyJudge.load(artifacts_dir() / "degeneracy-surface.json")
+    return aligned_examples(
+        corpus,
+        load_gold("train"),
+        [] if args.no_human else human,
+        lambda t: list(encode(t)),
+        degeneracy,
+    )
 
 
 def _default_corpus() -> str:
