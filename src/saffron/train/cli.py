@@ -159,6 +159,12 @@ def _add_train_policy(sub: argparse._SubParsersAction) -> None:
         help="share of refusals followed by a safe redirection",
     )
     tp.add_argument("--epochs", type=_int, default=d.epochs)
+    tp.add_argument(
+        "--decision-weight",
+        type=float,
+        default=d.decision_weight,
+        help="weight of each example's first-token loss (the refuse-or-answer choice)",
+    )
     tp.add_argument("--batch-size", type=_int, default=d.batch_size)
     tp.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     tp.add_argument("--rank", type=_int, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
@@ -190,6 +196,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         redirect_fraction=args.redirect_fraction,
         deep_fraction=args.deep,
         deep_max_prefix=args.deep_max_prefix,
+        decision_weight=args.decision_weight,
     )
     out = Path(args.out) if args.out else artifacts_dir() / ALIGNED
     check_out_dir(out, args.base)
