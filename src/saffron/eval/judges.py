@@ -18,8 +18,11 @@ is reported per judge (``safe_coherent_<judge>``).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from saffron.data import is_refusal
@@ -162,3 +165,38 @@ def run_answers(records: Sequence[dict[str, Any]], prompts: dict[str, str]) -> l
         )
         for r in records
     ]
+
+
+JUDGED = "judged.jsonl"
+
+
+def judge_run(
+    folder: Path, scorers: dict[str, Scorer], degenerate_threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """Judge every record of the ``saffron eval`` folder with ``scorers``; write one line per
+    record (its key, then the verdicts) to ``folder/judged.jsonl`` atomically, and return the
+    lines. The request texts come from the run's dataset (``config.json``)."""
+    from saffron.data import load_prompts
+    from saffron.eval.records import load_records, record_key
+
+    records = load_records(folder)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    prompts = {r.id: r.prompt for r in load_prompts(cfg["dataset"])}
+    verdicts = judge_answers(run_answers(records, prompts), scorers, degenerate_threshold)
+    rows = []
+    for r, v in zip(records, verdicts, strict=True):
+        pid, method, budget = record_key(r)
+        rows.append({"prompt_id": pid, "method": method, "budget": budget, **v})
+    text = "".join(json.dumps(x, sort_keys=True) + "\n" for x in rows)
+    tmp = folder / f".{JUDGED}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, folder / JUDGED)
+    return rows
+
+
+def cell_rates(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """:func:`rates` per (method, budget), with ``n``."""
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((str(r["method"]), int(r["budget"])), []).append(r)
+    return {k: {"n": float(len(v)), **rates(v)} for k, v in sorted(cells.items())}
