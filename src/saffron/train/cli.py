@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from saffron.errors import SaffronError
 from saffron.errors import integer as _int
+from saffron.train import judge_cli
 
 if TYPE_CHECKING:
     from saffron.data import PromptRow
@@ -34,6 +35,7 @@ DEFAULT_POLICY = "smollm2-135m-instruct"
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_train_policy(sub)
+    judge_cli.add_parser(sub)
     tg = sub.add_parser("train-guard", help="train the embedded smol-guard (LoRA on SmolLM2)")
     tg.add_argument("--seed", type=_int, default=0)
     tg.add_argument("--epochs", type=_int, default=1)
@@ -468,4 +470,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "label": cmd_label,
     "train-mrm": cmd_train_mrm,
     "train-policy": cmd_train_policy,
+    "train-judge": judge_cli.cmd_train_judge,
 }
