@@ -23,6 +23,8 @@ from pathlib import Path
 
 from saffron.data import PromptRow, is_refusal
 from saffron.errors import SaffronError
+from saffron.files import append_jsonl
+from saffron.lm.batching import batches
 from saffron.lm.policy import Policy
 from saffron.paths import artifacts_dir
 from saffron.search.base import SearchConfig
@@ -118,13 +120,10 @@ def write_harmful_answers(
     """
     done = read_answers(path)
     todo = [r for r in rows if r.id not in done]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        for i in range(0, len(todo), cfg.batch_size):
-            for a in _answer_batch(policy, todo[i : i + cfg.batch_size], cfg):
-                fh.write(json.dumps(asdict(a), ensure_ascii=False) + "\n")
-                done[a.prompt_id] = a
-            fh.flush()
+    for batch in batches(todo, cfg.batch_size):
+        got = _answer_batch(policy, batch, cfg)
+        append_jsonl(path, [asdict(a) for a in got])
+        done.update((a.prompt_id, a) for a in got)
     return done
 
 

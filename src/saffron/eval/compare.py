@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from saffron.errors import SaffronError
+from saffron.files import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,6 @@ def report(
 ) -> str:
     """Write ``metrics.json``, ``asr_vs_tflop.png`` and ``report.md`` into ``out``; return the
     report's markdown."""
-    from saffron.eval.records import atomic_write_json
-
     if not records:
         raise SaffronError(f"{out} holds no records yet")
     cs = cells(records)
@@ -248,9 +247,10 @@ def report(
     plot(cs, out / "asr_vs_tflop.png", title)
     lines.append("![ASR vs TFLOP](asr_vs_tflop.png)")
     text = "\n".join(lines) + "\n"
-    atomic_write_json(
+    write_json(
         out / "metrics.json",
         {"cells": [c.__dict__ for c in cs], "matched": match, "tflop_lim": lim},
+        sort_keys=True,
     )
-    (out / "report.md").write_text(text, encoding="utf-8")
+    write_text(out / "report.md", text)
     return text

@@ -16,12 +16,8 @@ Loading never unpickles arbitrary objects (safetensors only) and never runs remo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +34,7 @@ from transformers import (
 )
 
 from saffron.errors import SaffronError
+from saffron.files import sha256_file, write_folder, write_json
 from saffron.paths import cache_dir
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -213,14 +210,6 @@ def smollm2_gguf_path() -> Path:
     raise SaffronError(f"the embedded model file {SMOLLM2_GGUF} is missing: {install}")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def smollm2_dir() -> Path:
     return cache_dir() / "models" / SMOLLM2
 
@@ -268,19 +257,18 @@ def ensure_smollm2() -> Path:
     config._name_or_path = SMOLLM2
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    marker = {
-        "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{SMOLLM2_GGUF}",
-        "source_sha256": digest,
-        "model_sha256": sha256_file(tmp / "model.safetensors"),
-    }
-    (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+
+    def write(tmp: Path) -> None:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        marker = {
+            "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{SMOLLM2_GGUF}",
+            "source_sha256": digest,
+            "model_sha256": sha256_file(tmp / "model.safetensors"),
+        }
+        write_json(tmp / CONVERTED_MARKER, marker)
+
+    write_folder(folder, write)
     return folder
 
 

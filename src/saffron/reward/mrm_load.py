@@ -14,7 +14,6 @@ Format of a ``saffron train-mrm`` folder (``MRM_FORMAT`` = ``saffron-mrm/1``):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saffron.errors import SaffronError
+from saffron.files import read_meta as read_format_meta
 from saffron.lm.backend import TrieBackend
 from saffron.lm.models import LoadedModel
 from saffron.lm.policy import Policy
@@ -75,14 +75,14 @@ def _tensor(path: Path, key: str) -> Tensor:
 
 
 def read_meta(folder: Path) -> dict[str, object]:
-    path = folder / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SaffronError(f"the MRM metadata {path} is unreadable: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != MRM_FORMAT:
-        raise SaffronError(f"{path} is not a {MRM_FORMAT} metadata file")
-    return meta
+    """The ``meta.json`` of a ``saffron train-mrm`` folder; SaffronError when unreadable or of
+    another format."""
+    return read_format_meta(
+        folder / META_FILE,
+        MRM_FORMAT,
+        unreadable="the MRM metadata {path} is unreadable",
+        kind="metadata file",
+    )
 
 
 def load_trained(

@@ -16,8 +16,6 @@ LoRA sits on the upper layers only, so the backward pass stops halfway down the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +27,12 @@ from transformers import PreTrainedTokenizerBase
 
 from saffron.data import ScorerRow, is_refusal, load_scorer_rows
 from saffron.errors import SaffronError
+from saffron.files import unit_hash, write_folder, write_json
 from saffron.lm.adapters import save_adapter
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
 from saffron.train.corpus import REDIRECT, CorpusItem
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
+from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop
 
 HUMAN_HELDOUT_FRACTION = 0.3
 MAX_PROMPT_TOKENS = 96
@@ -55,7 +54,7 @@ def rule_unsafe(harmful_prompt: bool, response: str, prompt: str = "") -> bool:
 def human_heldout(row: ScorerRow) -> bool:
     """Whether a human-labelled row is held out for validation (stable hash of its text)."""
     key = f"{row.objective}\x00{row.response}".encode()
-    return int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 < HUMAN_HELDOUT_FRACTION
+    return unit_hash(key) < HUMAN_HELDOUT_FRACTION
 
 
 @dataclass(frozen=True)
@@ -280,10 +279,10 @@ def train_guard(
 
     def write(tmp: Path) -> None:
         save_adapter(model, tmp, base.name)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(tmp / "meta.json", meta)
 
     # written beside the target, then swapped in: a failed run never leaves half an adapter
-    save_folder(out_dir, write)
+    write_folder(out_dir, write)
     return meta
 
 

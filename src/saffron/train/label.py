@@ -24,12 +24,9 @@ A corrupt shard is reported by name and left alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +37,9 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
+from saffron.files import read_meta as read_format_meta
+from saffron.files import sha256_file, write_json, write_with
+from saffron.lm.batching import batches
 from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
 from saffron.reward.base import Guard
 from saffron.reward.mrm import vocab_hash
@@ -89,10 +89,6 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         raise SaffronError(f"could not load the tokenizer of {name!r}: {err}") from err
 
 
-def sha256_text(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- shards -----------------------------------------------------------------------------------
 
 
@@ -124,14 +120,7 @@ def write_shard(path: Path, items: list[LabelledItem]) -> None:
         "ids": json.dumps([it.id for it in items]),
         "kinds": json.dumps([it.kind for it in items]),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_with(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
 
 
 def read_shard(path: Path) -> list[LabelledItem]:
@@ -168,24 +157,13 @@ def read_shard(path: Path) -> list[LabelledItem]:
 # --- the dataset ------------------------------------------------------------------------------
 
 
-def _write_meta(folder: Path, meta: dict[str, object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, folder / META)
-
-
 def read_meta(folder: Path) -> dict[str, object]:
+    """The ``meta.json`` of a label dataset; SaffronError when absent, corrupt or another
+    format."""
     path = folder / META
     if not path.is_file():
         raise SaffronError(f"{folder} is not a label dataset (no {META}); run `saffron label`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SaffronError(f"{path} is corrupt: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != LABEL_FORMAT:
-        raise SaffronError(f"{path} is not a {LABEL_FORMAT} dataset")
-    return meta
+    return read_format_meta(path, LABEL_FORMAT, unreadable="{path} is corrupt", kind="dataset")
 
 
 _IDENTITY = (
@@ -200,11 +178,6 @@ _IDENTITY = (
 )
 
 
-def _batches(items: list[CorpusItem], size: int) -> Iterator[list[CorpusItem]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def label_items(
     guard: Guard,
     items: list[CorpusItem],
@@ -214,7 +187,7 @@ def label_items(
     """Label ``items`` with ``guard``, ``cfg.batch_size`` per call; the guard's cache is
     cleared after each call (items share nothing but a template, and memory stays bounded)."""
     out: list[LabelledItem] = []
-    for batch in _batches(items, cfg.batch_size):
+    for batch in batches(items, cfg.batch_size):
         prompts = [tuple(encode(it.prompt))[: cfg.max_prompt_tokens] for it in batch]
         seqs = [
             TokenSequence((), p, (), tuple(it.prefill_tokens), tuple(it.response_tokens))
@@ -261,7 +234,7 @@ def label_corpus(
         "policy_vocab_hash": vocab_hash(policy_tokenizer),
         "vocab_size": len(policy_tokenizer),
         "corpus": str(corpus_path),
-        "corpus_sha256": sha256_text(corpus_path),
+        "corpus_sha256": sha256_file(corpus_path),
         "count": len(items),
         "shard_size": cfg.shard_size,
         "max_prompt_tokens": cfg.max_prompt_tokens,
@@ -283,7 +256,7 @@ def label_corpus(
         if ids != want:
             raise SaffronError(f"label shard {shard_path(out_dir, k)} does not match the corpus")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_meta(out_dir, meta)
+    write_json(out_dir / META, meta)
     encode = lambda t: policy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
     todo = [k for k in range(n_shards) if k not in set(done)]
     t0 = time.perf_counter()
@@ -293,7 +266,7 @@ def label_corpus(
             write_shard(shard_path(out_dir, k), label_items(guard, part, encode, cfg))
             bar.update(len(part))
     meta.update(complete=True, label_seconds=round(time.perf_counter() - t0, 1))
-    _write_meta(out_dir, meta)
+    write_json(out_dir / META, meta)
     return meta
 
 

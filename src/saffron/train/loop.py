@@ -1,6 +1,6 @@
 """The one training skeleton every trainer shares: LoRA injection, length-grouped shuffled
 batches, AdamW with parameter groups, an optional warm-up / linear-decay schedule and gradient
-clipping, a progress bar, and an atomic save of the output folder.
+clipping, a progress bar, and the output folder written whole (:func:`saffron.files.write_folder`).
 
 The guard (``train-guard``), the MRM (``train-mrm``) and the policy (``train-policy``) differ
 only in their data and their loss, which each passes in as a function of a batch of example
@@ -10,13 +10,9 @@ indices; this module owns everything else.
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -157,29 +153,6 @@ def run_loop(
                 recent = losses[-50:]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
     return losses
-
-
-def save_folder(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a fresh folder beside ``out_dir``, then swap it into place.
-
-    A failed or killed run never leaves half a folder, and the old one stays until the new one
-    is complete.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}-old-{os.getpid()}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def mean(xs: Sequence[float]) -> float | None:

@@ -32,8 +32,6 @@ supervised, since corpus responses that finished end with it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,11 +43,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from saffron.errors import SaffronError
+from saffron.files import unit_hash, write_folder, write_json
 from saffron.lm.adapters import save_adapter
 from saffron.lm.models import LoadedModel
 from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
 from saffron.train.label import LabelledItem
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
+from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class MRMTrainConfig:
 def is_heldout(item_id: str, fraction: float) -> bool:
     """Whether an item is held out: a stable hash of its prompt group (id before ``/``)."""
     group = item_id.split("/", 1)[0]
-    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+    return unit_hash(group.encode()) < fraction
 
 
 def split(items: list[LabelledItem], fraction: float) -> tuple[list[LabelledItem], ...]:
@@ -230,9 +229,9 @@ class MRMTrainer:
             save_adapter(self.peft, tmp, str(meta.get("base_guard", "")))
             save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
             save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_json(tmp / META_FILE, meta)
 
-        save_folder(out_dir, write)
+        write_folder(out_dir, write)
 
 
 def check_labels(label_meta: dict[str, object], vocab_hash: str, vocab: int, policy: str) -> None:

@@ -39,11 +39,13 @@ from torch import Tensor, nn
 
 from saffron.data import PromptRow, is_refusal, jsonl_objects, says_refusal
 from saffron.errors import SaffronError
+from saffron.files import append_jsonl, write_folder, write_json
 from saffron.lm.adapters import save_adapter
+from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
 from saffron.lm.models import POLICY_KIND, LoadedModel
 from saffron.lm.policy import Policy, bulk_greedy
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
+from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop
 from saffron.train.texts import written_texts
 
 REFUSAL, BENIGN, DEEP, USER = "refusal", "benign", "deep", "user"
@@ -185,15 +187,12 @@ def self_answers(
         for _, obj in jsonl_objects(path):
             known[str(obj["prompt"])] = tuple(obj["tokens"])
     todo = [p for p in dict.fromkeys(prompts) if p not in known]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        for i in range(0, len(todo), batch_size):
-            part = todo[i : i + batch_size]
-            seqs = [policy.chat.sequence(p, reserve=max_new_tokens) for p in part]
-            for p, toks in zip(part, bulk_greedy(policy, seqs, max_new_tokens), strict=True):
-                known[p] = toks
-                fh.write(json.dumps({"prompt": p, "tokens": list(toks)}) + "\n")
-            fh.flush()
+    for part in batches(todo, batch_size):
+        seqs = [policy.chat.sequence(p, reserve=max_new_tokens) for p in part]
+        answers = bulk_greedy(policy, seqs, max_new_tokens)
+        known.update(zip(part, answers, strict=True))
+        rows = [{"prompt": p, "tokens": list(t)} for p, t in zip(part, answers, strict=True)]
+        append_jsonl(path, rows, ensure_ascii=True)
     return [(p, known[p]) for p in prompts]
 
 
@@ -312,9 +311,9 @@ def train_policy(
 
     def write(tmp: Path) -> None:
         save_adapter(peft, tmp, base.name)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "meta.json", meta)
 
-    save_folder(out_dir, write)
+    write_folder(out_dir, write)
     return meta
 
 
