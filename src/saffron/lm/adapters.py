@@ -69,11 +69,19 @@ def merged_adapter(
         how = f" or run `saffron {trainer}`" if trainer else ""
         raise SaffronError(f"the {name} artifacts are missing in {folder}; reinstall Saffron{how}")
     base = load_model(base_name, dtype=dtype, device=device)
+    return merge_lora(base, folder, name, error=f"the {name} adapter in {folder} is corrupt")
+
+
+def merge_lora(base: LoadedModel, folder: Path, name: str, *, error: str) -> LoadedModel:
+    """``base`` with the PEFT LoRA adapter in ``folder`` merged into its weights, in eval mode,
+    renamed ``name`` (same tokenizer). ``base.model`` is mutated: the merge happens in place.
+
+    An adapter that cannot be read or does not fit raises SaffronError ``"<error>: <reason>"``.
+    """
     try:
-        peft_model = PeftModel.from_pretrained(base.model, str(folder))
+        merged = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SaffronError(f"the {name} adapter in {folder} is corrupt: {err}") from err
-    merged = peft_model.merge_and_unload()
+        raise SaffronError(f"{error}: {err}") from err
     merged.eval()
     return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
 

@@ -222,12 +222,21 @@ def metered(world: World) -> Iterator[Compute]:
         out.per_model = {role: backends[role].compute.minus(before[role]) for role in backends}
 
 
+NEEDS = {"guard": "a guard model", "mrm": "a multifurcation reward model (MRM)"}
+
+
+def missing(method: str, role: str) -> SaffronError:
+    """The error for a world without the ``role`` (``guard`` or ``mrm``) that ``method`` needs:
+    the one message both :func:`check_needs` and a step function's own check give."""
+    return SaffronError(f"method {method!r} needs {NEEDS[role]}")
+
+
 def check_needs(spec: MethodSpec, world: World) -> None:
     """SaffronError when ``world`` lacks a model the method needs."""
     if spec.needs_guard and world.guard is None:
-        raise SaffronError(f"method {spec.name!r} needs a guard model")
+        raise missing(spec.name, "guard")
     if spec.needs_mrm and world.mrm is None:
-        raise SaffronError(f"method {spec.name!r} needs a multifurcation reward model (MRM)")
+        raise missing(spec.name, "mrm")
 
 
 def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig) -> SearchResult:

@@ -340,7 +340,7 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from saffron.lm.adapters import fingerprint
-    from saffron.reward.mrm import vocab_hash
+    from saffron.lm.vocab import vocab_hash
     from saffron.reward.mrm_load import guard_backbone, mrm_dir
     from saffron.train.label import load_tokenizer, read_labels
     from saffron.train.mrm_train import MRMTrainConfig, check_labels, train_mrm

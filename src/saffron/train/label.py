@@ -7,7 +7,7 @@ process reward r_j = R(prompt, response[: j + 1]) from :meth:`Guard.score_prefix
 Format (``LABEL_FORMAT`` = ``saffron-token-rewards/1``), a folder:
 
 * ``meta.json`` — ``format``, ``guard``, ``policy``, ``policy_vocab_hash`` (sha256 of the sorted
-  (token, id) pairs, :func:`saffron.reward.mrm.vocab_hash`), ``vocab_size``, ``corpus`` (path),
+  (token, id) pairs, :func:`saffron.lm.vocab.vocab_hash`), ``vocab_size``, ``corpus`` (path),
   ``corpus_sha256``, ``count`` (items), ``shard_size``, ``max_prompt_tokens``, ``shards``,
   ``complete``; rewritten atomically.
 * ``shard-00000.safetensors`` … — items ``[k·shard_size, (k+1)·shard_size)`` of the corpus, in
@@ -41,8 +41,8 @@ from saffron.files import read_meta as read_format_meta
 from saffron.files import sha256_file, write_json, write_with
 from saffron.lm.batching import batches
 from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
+from saffron.lm.vocab import vocab_hash
 from saffron.reward.base import Guard
-from saffron.reward.mrm import vocab_hash
 from saffron.train.corpus import CorpusItem, read_corpus
 from saffron.types import TokenSequence
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from saffron.errors import SaffronError
 from saffron.files import unit_hash, write_folder, write_json
 from saffron.lm.adapters import save_adapter
+from saffron.lm.batching import batches
 from saffron.lm.models import LoadedModel
 from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
 from saffron.train.label import LabelledItem
@@ -197,8 +198,7 @@ class MRMTrainer:
         self.peft.eval()
         out: list[Tensor] = []
         with torch.no_grad():
-            for i in range(0, len(items), batch_size):
-                part = items[i : i + batch_size]
+            for part in batches(items, batch_size):
                 flat = self.predict(make_batch(part, self.layout, self.pad)).cpu()
                 out.extend(torch.split(flat, [len(it.response) for it in part]))
         return out
