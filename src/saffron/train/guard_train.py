@@ -22,17 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from saffron.data import ScorerRow, is_refusal, load_scorer_rows
 from saffron.errors import SaffronError
-from saffron.files import unit_hash, write_folder, write_json
-from saffron.lm.adapters import save_adapter
+from saffron.files import unit_hash
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
 from saffron.train.corpus import REDIRECT, CorpusItem
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    config_dict,
+    mean,
+    run_loop,
+    save_trained,
+)
 
 HUMAN_HELDOUT_FRACTION = 0.3
 MAX_PROMPT_TOKENS = 96
@@ -230,18 +239,11 @@ def train_guard(
     torch.manual_seed(cfg.seed)
     dev = next(base.model.parameters()).device
     tok = base.tokenizer
-    safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
-    prefix, infix = template_ids(tok)
-    n_layers = int(base.model.config.num_hidden_layers)
-    spec = LoraSpec(cfg.rank, cfg.alpha, cfg.targets, min(cfg.first_layer, n_layers - 1))
-    model = add_lora(base.model, spec)
-    model.train()
+    template = (*template_ids(tok), int(tok.pad_token_id or 0))
+    model, diff = _add_guard_lora(base, cfg)
     decoder: nn.Module = base.model.base_model  # the decoder inside, now carrying LoRA layers
-    head_w = base.model.get_output_embeddings().weight.detach()
-    diff = (head_w[safe_id] - head_w[unsafe_id]).clone()  # reward = diff · h
     params = [p for p in model.parameters() if p.requires_grad]
     weights = torch.tensor(source_weights(examples, cfg.balance, cfg.human_weight), device=dev)
-    pad = int(tok.pad_token_id or 0)
     loop = LoopConfig(
         seed=cfg.seed,
         epochs=cfg.epochs,
@@ -255,21 +257,15 @@ def train_guard(
     losses = run_loop(
         adamw([{"params": params}], cfg.lr),
         [len(ex.prompt) + len(ex.response) for ex in examples],
-        lambda idx: guard_loss(
-            decoder,
-            diff,
-            [examples[i] for i in idx],
-            weights[idx],
-            (prefix, infix, pad),
-        ),
+        lambda idx: guard_loss(decoder, diff, [examples[i] for i in idx], weights[idx], template),
         loop,
     )
-    meta = {
+    meta: dict[str, object] = {
         "base": base.name,
         "safe_token": cfg.safe_word,
         "unsafe_token": cfg.unsafe_word,
         "system": GUARD_SYSTEM,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "config": config_dict(cfg),
         "examples": len(examples),
         "examples_by_source": _count(examples),
         "steps": len(losses),
@@ -277,13 +273,21 @@ def train_guard(
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
 
-    def write(tmp: Path) -> None:
-        save_adapter(model, tmp, base.name)
-        write_json(tmp / "meta.json", meta)
-
-    # written beside the target, then swapped in: a failed run never leaves half an adapter
-    write_folder(out_dir, write)
+    save_trained(out_dir, model, base.name, meta)
     return meta
+
+
+def _add_guard_lora(base: LoadedModel, cfg: GuardTrainConfig) -> tuple[PeftModel, Tensor]:
+    """Inject the LoRA adapter into ``base.model`` (mutated, in training mode); return the
+    PEFT wrapper and the reward direction ``w_safe − w_unsafe`` of the LM head (d,)."""
+    tok = base.tokenizer
+    safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
+    n_layers = int(base.model.config.num_hidden_layers)
+    spec = LoraSpec(cfg.rank, cfg.alpha, cfg.targets, min(cfg.first_layer, n_layers - 1))
+    model = add_lora(base.model, spec)
+    model.train()
+    head_w = base.model.get_output_embeddings().weight.detach()
+    return model, (head_w[safe_id] - head_w[unsafe_id]).clone()  # reward = diff · h
 
 
 def _count(examples: list[GuardExample]) -> dict[str, dict[str, int]]:

@@ -225,40 +225,13 @@ def label_corpus(
     items = read_corpus(corpus_path)
     if not items:
         raise SaffronError(f"corpus file {corpus_path} is empty; nothing to label")
-    n_shards = -(-len(items) // cfg.shard_size)
-    meta: dict[str, object] = {
-        "format": LABEL_FORMAT,
-        "guard": guard_name,
-        "guard_weights": guard_weights,
-        "policy": policy_name,
-        "policy_vocab_hash": vocab_hash(policy_tokenizer),
-        "vocab_size": len(policy_tokenizer),
-        "corpus": str(corpus_path),
-        "corpus_sha256": sha256_file(corpus_path),
-        "count": len(items),
-        "shard_size": cfg.shard_size,
-        "max_prompt_tokens": cfg.max_prompt_tokens,
-        "shards": n_shards,
-        "complete": False,
-    }
-    if (out_dir / META).is_file():
-        old = read_meta(out_dir)
-        diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
-        if diff:
-            raise SaffronError(
-                f"{out_dir} holds labels made with a different {', '.join(diff)}; "
-                "choose another --out or delete it"
-            )
-    done = [k for k in range(n_shards) if shard_path(out_dir, k).is_file()]
-    for k in done:  # validate every kept shard before computing anything
-        ids = [it.id for it in read_shard(shard_path(out_dir, k))]
-        want = [it.id for it in items[k * cfg.shard_size : (k + 1) * cfg.shard_size]]
-        if ids != want:
-            raise SaffronError(f"label shard {shard_path(out_dir, k)} does not match the corpus")
+    names = {"guard": guard_name, "guard_weights": guard_weights, "policy": policy_name}
+    meta = _meta(names, policy_tokenizer, corpus_path, len(items), cfg)
+    done = _resumable(out_dir, meta, items, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / META, meta)
     encode = lambda t: policy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
-    todo = [k for k in range(n_shards) if k not in set(done)]
+    todo = [k for k in range(int(str(meta["shards"]))) if k not in set(done)]
     t0 = time.perf_counter()
     with tqdm(total=len(items), initial=len(items) - _count(todo, cfg, items), desc="label") as bar:
         for k in todo:
@@ -268,6 +241,55 @@ def label_corpus(
     meta.update(complete=True, label_seconds=round(time.perf_counter() - t0, 1))
     write_json(out_dir / META, meta)
     return meta
+
+
+def _meta(
+    names: dict[str, str | None],
+    policy_tokenizer: PreTrainedTokenizerBase,
+    corpus_path: Path,
+    count: int,
+    cfg: LabelConfig,
+) -> dict[str, object]:
+    """The dataset's ``meta.json`` before labelling (``complete`` False); ``names`` holds
+    ``guard``, ``guard_weights`` and ``policy``."""
+    return {
+        "format": LABEL_FORMAT,
+        "guard": names["guard"],
+        "guard_weights": names["guard_weights"],
+        "policy": names["policy"],
+        "policy_vocab_hash": vocab_hash(policy_tokenizer),
+        "vocab_size": len(policy_tokenizer),
+        "corpus": str(corpus_path),
+        "corpus_sha256": sha256_file(corpus_path),
+        "count": count,
+        "shard_size": cfg.shard_size,
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "shards": -(-count // cfg.shard_size),
+        "complete": False,
+    }
+
+
+def _resumable(
+    out_dir: Path, meta: dict[str, object], items: list[CorpusItem], cfg: LabelConfig
+) -> list[int]:
+    """The shards already in ``out_dir`` that a run with ``meta`` keeps, each validated;
+    SaffronError when ``out_dir`` holds labels of another identity or a shard that does not
+    match the corpus (before anything is written)."""
+    if (out_dir / META).is_file():
+        old = read_meta(out_dir)
+        diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
+        if diff:
+            raise SaffronError(
+                f"{out_dir} holds labels made with a different {', '.join(diff)}; "
+                "choose another --out or delete it"
+            )
+    done = [k for k in range(int(str(meta["shards"]))) if shard_path(out_dir, k).is_file()]
+    for k in done:
+        ids = [it.id for it in read_shard(shard_path(out_dir, k))]
+        want = [it.id for it in items[k * cfg.shard_size : (k + 1) * cfg.shard_size]]
+        if ids != want:
+            raise SaffronError(f"label shard {shard_path(out_dir, k)} does not match the corpus")
+    return done
 
 
 def _count(todo: list[int], cfg: LabelConfig, items: list[CorpusItem]) -> int:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from saffron.errors import SaffronError
+from saffron.files import write_folder, write_json
+from saffron.lm.adapters import save_adapter
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,31 @@ def run_loop(
                 recent = losses[-50:]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
     return losses
+
+
+def config_dict(cfg: Any) -> dict[str, object]:
+    """A config dataclass's fields as JSON values (tuples become lists), for ``meta.json``."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+def save_trained(
+    out_dir: Path,
+    model: PeftModel,
+    base_name: str,
+    meta: dict[str, object],
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write the LoRA adapter of ``model`` (naming its base ``base_name``), ``meta.json`` and
+    whatever ``extra(folder)`` adds, into ``out_dir`` whole: built beside it and swapped in, so
+    a failed run never leaves half an artifact and the old one stays until then."""
+
+    def write(tmp: Path) -> None:
+        save_adapter(model, tmp, base_name)
+        if extra is not None:
+            extra(tmp)
+        write_json(tmp / "meta.json", meta)
+
+    write_folder(out_dir, write)
 
 
 def mean(xs: Sequence[float]) -> float | None:

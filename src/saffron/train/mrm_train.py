@@ -43,13 +43,20 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from saffron.errors import SaffronError
-from saffron.files import unit_hash, write_folder, write_json
-from saffron.lm.adapters import save_adapter
+from saffron.files import unit_hash
 from saffron.lm.batching import batches
 from saffron.lm.models import LoadedModel
-from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
+from saffron.reward.mrm import BIAS_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
 from saffron.train.label import LabelledItem
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    mean,
+    run_loop,
+    save_trained,
+)
 
 
 @dataclass(frozen=True)
@@ -225,13 +232,11 @@ class MRMTrainer:
     def save(self, out_dir: Path, unseen: Tensor, meta: dict[str, object]) -> None:
         """Write adapter, bias, unseen mask and meta.json; swap into ``out_dir`` at the end."""
 
-        def write(tmp: Path) -> None:
-            save_adapter(self.peft, tmp, str(meta.get("base_guard", "")))
+        def tensors(tmp: Path) -> None:
             save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
             save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
-            write_json(tmp / META_FILE, meta)
 
-        write_folder(out_dir, write)
+        save_trained(out_dir, self.peft, str(meta.get("base_guard", "")), meta, tensors)
 
 
 def check_labels(label_meta: dict[str, object], vocab_hash: str, vocab: int, policy: str) -> None:

@@ -31,7 +31,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,13 +39,21 @@ from torch import Tensor, nn
 
 from saffron.data import PromptRow, is_refusal, jsonl_objects, says_refusal
 from saffron.errors import SaffronError
-from saffron.files import append_jsonl, write_folder, write_json
-from saffron.lm.adapters import save_adapter
+from saffron.files import append_jsonl
 from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
 from saffron.lm.models import POLICY_KIND, LoadedModel
 from saffron.lm.policy import Policy, bulk_greedy
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    config_dict,
+    mean,
+    run_loop,
+    save_trained,
+)
 from saffron.train.texts import written_texts
 
 REFUSAL, BENIGN, DEEP, USER = "refusal", "benign", "deep", "user"
@@ -300,7 +308,7 @@ def train_policy(
         "kind": POLICY_KIND,
         "base": base.name,
         **info,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
         "examples": len(examples),
         "examples_by_source": dict(sorted(Counter(ex.source for ex in examples).items())),
         "steps": len(losses),
@@ -309,11 +317,7 @@ def train_policy(
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
 
-    def write(tmp: Path) -> None:
-        save_adapter(peft, tmp, base.name)
-        write_json(tmp / "meta.json", meta)
-
-    write_folder(out_dir, write)
+    save_trained(out_dir, peft, base.name, meta)
     return meta
 
 
