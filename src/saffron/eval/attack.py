@@ -101,12 +101,18 @@ def compliant(text: str, n_tokens: int, prompt: str, min_tokens: int) -> bool:
 class AnswerConfig:
     """How harmful answers are generated."""
 
-    max_new_tokens: int = 48  # the answer's length; a prefill:K attack takes its first K
-    min_tokens: int = 10  # a shorter answer cannot fill a 10-token prefill
-    tries: int = 8  # seeded samples tried after a refused or short greedy answer
-    top_p: float = 0.95  # of those samples (temperature 1)
-    batch_size: int = 32  # prompts per batched decode
+    max_new_tokens: int = 48
+    """The answer's length; a prefill:K attack takes its first K tokens."""
+    min_tokens: int = 10
+    """A shorter answer cannot fill a 10-token prefill, so it does not count as compliant."""
+    tries: int = 8
+    """Seeded samples tried after a refused or short greedy answer."""
+    top_p: float = 0.95
+    """Nucleus of those samples (temperature 1)."""
+    batch_size: int = 32
+    """Prompts per batched decode."""
     seed: int = 0
+    """Seeds the samples."""
 
 
 def write_harmful_answers(

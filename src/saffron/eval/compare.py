@@ -21,6 +21,8 @@ from typing import Any
 from saffron.errors import SaffronError
 from saffron.files import write_json, write_text
 
+REFERENCE = "best-of-n"  # the method whose compute the others are matched to, by default
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -185,7 +187,7 @@ def report(
     records: list[dict[str, Any]],
     out: Path,
     *,
-    reference: str = "best-of-n",
+    reference: str = REFERENCE,
     reference_budget: int | None = None,
     tflop_lim: float | None = None,
 ) -> str:

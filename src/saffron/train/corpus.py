@@ -40,6 +40,7 @@ from saffron.search.decoding import decode_batch, generator, greedy_starts
 from saffron.train.texts import OPENERS, benign_prompts, refusal
 
 HARMFUL_SETS = ("advbench", "harmbench", "strongreject", "donotanswer")
+N_BENIGN = 200  # benign prompts in the corpus
 OWN_START = "policy-ownstart"
 REDIRECT = "policy-redirect"
 # what the policy reads instead of the request for a REDIRECT job (the guard never sees it)
@@ -136,7 +137,7 @@ def build_corpus(
     *,
     seed: int = 0,
     per_set: int | None = None,
-    n_benign: int = 200,
+    n_benign: int = N_BENIGN,
     max_new_tokens: int = 40,
     prefill_tokens: int = 10,
     batch_size: int = 32,

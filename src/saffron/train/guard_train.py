@@ -116,22 +116,35 @@ def guard_examples(
 
 @dataclass(frozen=True)
 class GuardTrainConfig:
+    """Settings of ``saffron train-guard`` (defaults: the embedded smol-guard)."""
+
     seed: int = 0
+    """Seeds the LoRA initialisation and the example order."""
     epochs: int = 1
+    """Passes over the examples."""
     batch_size: int = 8
+    """Examples per optimiser step."""
     lr: float = 3e-4
+    """Peak learning rate (20 warm-up steps, then linear decay to 0)."""
     rank: int = 16
+    """LoRA rank."""
     alpha: int = 32
-    first_layer: int = 14  # LoRA on layers first_layer … last
+    """LoRA alpha (the command line sets 2 × rank)."""
+    first_layer: int = 14
+    """LoRA on layers first_layer … last."""
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+    """Modules with a LoRA adapter."""
     safe_word: str = " safe"
+    """The verdict token whose logit counts for safe (one token)."""
     unsafe_word: str = " unsafe"
-    # exponent of each source's minority-class weight (see class_weights); 0 = unweighted
+    """The verdict token whose logit counts for unsafe (one token)."""
     balance: float = 0.0
-    # loss weight of the human-labelled rows relative to the rule-labelled corpus (before the
-    # mean-1 rescaling): where the two disagree (a harmful request answered with one of the
-    # rule's topic words in it), this sets which one the guard follows
+    """Exponent of each source's minority-class weight (see class_weights); 0 = unweighted."""
     human_weight: float = 1.0
+    """Loss weight of the human-labelled rows against the rule-labelled corpus.
+
+    Applied before the mean-1 rescaling: where the two disagree (a harmful request answered
+    with one of the rule's topic words in it), this sets which one the guard follows."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:

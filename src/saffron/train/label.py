@@ -53,9 +53,14 @@ _ARRAYS = ("prompt_tokens", "prompt_offsets", "response_tokens", "response_offse
 
 @dataclass(frozen=True)
 class LabelConfig:
-    shard_size: int = 256  # corpus items per shard file
-    batch_size: int = 16  # items per guard call
-    max_prompt_tokens: int = 256  # longer prompts are cut (recorded in meta)
+    """Settings of ``saffron label``."""
+
+    shard_size: int = 256
+    """Corpus items per shard file."""
+    batch_size: int = 16
+    """Items per guard call."""
+    max_prompt_tokens: int = 256
+    """Longer prompts are cut to this many tokens (recorded in meta)."""
 
     def __post_init__(self) -> None:
         if min(self.shard_size, self.batch_size, self.max_prompt_tokens) < 1:

@@ -61,17 +61,30 @@ from saffron.train.loop import (
 
 @dataclass(frozen=True)
 class MRMTrainConfig:
+    """Settings of ``saffron train-mrm`` (defaults: the paper's recipe, the embedded smol-mrm)."""
+
     seed: int = 0
+    """Seeds the LoRA initialisation and the example order."""
     epochs: int = 1
+    """Passes over the training items."""
     batch_size: int = 4
-    lr: float = 1e-4  # LoRA (paper)
-    bias_lr: float = 1e-2  # head bias (see module doc)
+    """Sequences per optimiser step."""
+    lr: float = 1e-4
+    """LoRA learning rate (the paper's)."""
+    bias_lr: float = 1e-2
+    """Learning rate of the reward head's bias (see the module doc)."""
     rank: int = 4
+    """LoRA rank (the paper's)."""
     alpha: int = 4
+    """LoRA alpha (the paper's)."""
     targets: tuple[str, ...] = ("q_proj", "v_proj")
-    first_layer: int = 0  # LoRA on layers first_layer … last (0: all, as the paper)
+    """Modules with a LoRA adapter (the paper's)."""
+    first_layer: int = 0
+    """LoRA on layers first_layer … last (0: all, as the paper)."""
     holdout: float = 0.1
-    max_steps: int | None = None  # stop early (smoke runs); None = all epochs
+    """Fraction of prompt groups held out to measure the fit, in [0, 1)."""
+    max_steps: int | None = None
+    """Stop after this many steps (smoke runs); None runs every epoch."""
 
     def __post_init__(self) -> None:
         if (
