@@ -21,6 +21,14 @@ def test_write_bytes_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
 
 
+def test_a_written_file_gets_the_mode_open_gives(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = tmp_path / "f.json"
+    files.write_json(target, {})
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_a_failed_writer_keeps_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "f.txt"
     files.write_text(target, "old")

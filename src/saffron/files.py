@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -62,11 +63,12 @@ def write_with(path: Path, write: Callable[[Path], None]) -> None:
 
     For writers that take a path (``safetensors.save_file``). The parent folder is created; on
     any failure the temporary file is removed and ``path`` keeps its old content (or stays
-    absent). ``write`` may replace the file at ``tmp`` but must leave a file there.
+    absent). ``write`` may replace the file at ``tmp`` but must leave a file there. The file
+    gets the mode ``open`` would give it (0666 less the umask), unlike ``mkstemp``'s 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(Path(tmp))
         os.replace(tmp, path)

@@ -265,3 +265,29 @@ def test_cli_default_out_is_the_embedded_smol_aligned(
     assert main(["models"]) == 0
     listed = capsys.readouterr().out
     assert "smol-aligned " in listed and "smol-aligned-deep" in listed
+
+
+def test_decision_term_weighs_each_examples_first_token_once() -> None:
+    from torch import nn
+
+    from saffron.train.policy_train import PolicyExample, sft_loss
+
+    base = load_model(TINY)
+    decoder, head = base.model.base_model, base.model.get_output_embeddings()
+    exs = [
+        PolicyExample((1, 2, 3), (4, 5), "refusal"),
+        PolicyExample((1, 2), (6, 7, 8, 9), "benign"),
+    ]
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        plain = sft_loss(decoder, head, exs, 0, dev)
+        both = sft_loss(decoder, head, exs, 0, dev, decision_weight=2.0)
+        firsts = []
+        for ex in exs:
+            logits = base.model(torch.tensor([ex.context + ex.target])).logits[0].float()
+            firsts.append(
+                nn.functional.cross_entropy(
+                    logits[len(ex.context) - 1 : len(ex.context)], torch.tensor(ex.target[:1])
+                )
+            )
+    assert float(both - plain) == pytest.approx(2.0 * float(sum(firsts)) / 2, rel=1e-4)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from saffron.data import PromptRow
     from saffron.lm.policy import Policy
     from saffron.train.corpus import CorpusItem
+    from saffron.train.guard_train import GuardExample
     from saffron.train.policy_train import PolicyData
 
 DEFAULT_POLICY = SMOLLM2  # the base the embedded world's artifacts are trained on
@@ -77,6 +78,13 @@ def _add_train_guard(sub: argparse._SubParsersAction) -> None:
     )
     tg.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
+    tg.add_argument(
+        "--world",
+        choices=("unaligned", "aligned"),
+        default="unaligned",
+        help="aligned: the aligned policies' answers (no attack, after a harmful start, benign), "
+        "the gold set's train part and the human rows (see saffron.train.aligned_corpus)",
+    )
 
 
 def _add_label(sub: argparse._SubParsersAction) -> None:
@@ -168,7 +176,19 @@ def _add_train_policy(sub: argparse._SubParsersAction) -> None:
         default=d.redirect_fraction,
         help="share of refusals followed by a safe redirection",
     )
+    _add_policy_training(tp)
+
+
+def _add_policy_training(tp: argparse.ArgumentParser) -> None:
+    """``train-policy``'s optimisation settings."""
+    d = PolicyTrainConfig
     tp.add_argument("--epochs", type=integer, default=d.epochs)
+    tp.add_argument(
+        "--decision-weight",
+        type=float,
+        default=d.decision_weight,
+        help="weight of each example's first-token loss (the refuse-or-answer choice)",
+    )
     tp.add_argument("--batch-size", type=integer, default=d.batch_size)
     tp.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     tp.add_argument("--rank", type=integer, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
@@ -197,6 +217,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         redirect_fraction=args.redirect_fraction,
         deep_fraction=args.deep,
         deep_max_prefix=args.deep_max_prefix,
+        decision_weight=args.decision_weight,
     )
     out = Path(args.out) if args.out else artifacts_dir() / ALIGNED
     check_out_dir(out, args.base)
@@ -278,6 +299,12 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
         first_layer=args.first_layer,
     )
     out = Path(args.out) if args.out else adapter_dir(SMOL_GUARD)
+    if args.world == "aligned":
+        examples = _aligned_guard_examples(args)
+        meta = train_guard(load_model(SMOLLM2, device=args.device), examples, out, cfg)
+        print(json.dumps(meta, indent=2))
+        print(f"smol-guard (aligned world) written to {out}")
+        return 0
     corpus = _guard_corpus(args)
     base = load_model(SMOLLM2, device=args.device)
     examples = guard_examples(
@@ -314,6 +341,81 @@ def _guard_corpus(args: argparse.Namespace) -> list[CorpusItem]:
         own_start=args.own_start,
         redirect=args.redirect,
     )
+
+
+def _aligned_guard_examples(args: argparse.Namespace) -> list[GuardExample]:
+    """The aligned world's guard data (``saffron.train.aligned_corpus``): the aligned policies'
+    answers, the gold set's train part and the human rows (unless ``--no-human``)."""
+    from saffron.data import load_scorer_rows
+    from saffron.data.gold import load_gold
+    from saffron.paths import artifacts_dir
+    from saffron.reward.degeneracy import DegeneracyJudge
+    from saffron.train.aligned_corpus import aligned_examples
+    from saffron.train.corpus import training_prompts
+    from saffron.train.guard_train import human_heldout
+
+    rows = training_prompts(args.seed, args.per_set)
+    starts, encode = _harmful_starts(rows)
+    corpus = _aligned_corpus(args, rows, starts)
+    human = [
+        (r.objective, r.response, bool(r.harmful))
+        for r in load_scorer_rows()
+        if r.harmful is not None and not human_heldout(r)
+    ]
+    degeneracy = DegeneracyJudge.load(artifacts_dir() / "degeneracy-surface.json")
+    return aligned_examples(
+        corpus,
+        load_gold("train"),
+        [] if args.no_human else human,
+        lambda t: list(encode(t)),
+        degeneracy,
+    )
+
+
+def _harmful_starts(
+    rows: list[PromptRow],
+) -> tuple[dict[str, tuple[int, ...]], Callable[[str], tuple[int, ...]]]:
+    """The unaligned base's compliant answers to ``rows`` as token ids by prompt id (cached in
+    the user cache, as for ``--deep``), and the base's text encoder."""
+    from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
+    from saffron.lm.models import load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import cache_dir
+
+    base = make_policy(load_model(SMOLLM2))
+    starts: dict[str, tuple[int, ...]] = {}
+    for source in sorted({r.source for r in rows}):
+        mine = [r for r in rows if r.source == source]
+        path = answers_path(f"{source}-train", cache_dir() / "answers")
+        done = write_harmful_answers(base, mine, path, AnswerConfig())
+        starts.update({k: tuple(base.chat.encode(a.text)) for k, a in done.items() if a.text})
+    return starts, base.chat.encode
+
+
+def _aligned_corpus(
+    args: argparse.Namespace, rows: list[PromptRow], starts: dict[str, tuple[int, ...]]
+) -> list[CorpusItem]:
+    """The answers of ``smol-aligned`` and ``smol-aligned-deep`` (no attack, after harmful
+    starts of 5, 10 and 20 tokens, benign), each built or resumed in the user cache."""
+    from saffron.lm.models import ALIGNED, ALIGNED_DEEP, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import cache_dir
+    from saffron.train.aligned_corpus import (
+        aligned_jobs,
+        benign_training_prompts,
+        build_aligned_corpus,
+    )
+
+    benign = benign_training_prompts()[: args.benign]
+    corpus: list[CorpusItem] = []
+    for name in (ALIGNED, ALIGNED_DEEP):
+        policy = make_policy(load_model(name))
+        jobs = aligned_jobs(name, rows, starts, benign, seed=args.seed, prefill_ks=(5, 10, 20))
+        tag = f"seed{args.seed}" + (f"-per{args.per_set}" if args.per_set else "")
+        path = cache_dir() / "corpus" / f"aligned-{name}-{tag}.jsonl"
+        corpus += build_aligned_corpus(policy, name, jobs, path, seed=args.seed)
+        del policy
+    return corpus
 
 
 def _default_corpus() -> str:

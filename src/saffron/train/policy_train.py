@@ -106,6 +106,12 @@ class PolicyTrainConfig:
     """A deep example's harmful start is 1 … this many tokens of a harmful answer."""
     max_answer_tokens: int = 96
     """Length cap of the base policy's benign answers (self-distillation targets)."""
+    decision_weight: float = 0.0
+    """Weight of the decision term: the mean over *examples* of the cross-entropy of each
+    example's first target token, added to the token-mean loss. In the token mean a refusal's
+    first token (1 of ~25) outweighs a benign answer's (1 of ~96) about four to one, so the
+    refuse-or-answer choice is learned mostly from refusals; the decision term weighs every
+    example's choice once (0: off)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
@@ -113,6 +119,8 @@ class PolicyTrainConfig:
         for name in ("redirect_fraction", "deep_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SaffronError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.decision_weight < 0:
+            raise SaffronError(f"decision_weight must be ≥ 0, got {self.decision_weight}")
         if self.deep_max_prefix < 1 or self.max_answer_tokens < 1:
             raise SaffronError("deep_max_prefix and max_answer_tokens must be positive")
         if self.per_set is not None and self.per_set < 1:
@@ -261,13 +269,26 @@ def _batch(
 
 
 def sft_loss(
-    decoder: nn.Module, head: nn.Module, examples: list[PolicyExample], pad: int, dev: torch.device
+    decoder: nn.Module,
+    head: nn.Module,
+    examples: list[PolicyExample],
+    pad: int,
+    dev: torch.device,
+    decision_weight: float = 0.0,
 ) -> Tensor:
-    """Mean next-token cross-entropy over the target tokens of ``examples``."""
+    """Mean next-token cross-entropy over the target tokens of ``examples``, plus
+    ``decision_weight`` × the mean over examples of their first target token's cross-entropy
+    (see :attr:`PolicyTrainConfig.decision_weight`)."""
     ids, attn, row, pos, tok = (t.to(dev) for t in _batch(examples, pad))
     hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
     logits = head(hidden[row, pos]).float()
-    return nn.functional.cross_entropy(logits, tok)
+    per_token = nn.functional.cross_entropy(logits, tok, reduction="none")
+    loss = per_token.mean()
+    if decision_weight > 0:
+        lengths = torch.tensor([len(ex.target) for ex in examples], device=dev)
+        first = torch.cumsum(lengths, 0) - lengths  # index of each example's first target token
+        loss = loss + decision_weight * per_token[first[lengths > 0]].mean()
+    return loss
 
 
 def train_policy(
@@ -298,7 +319,7 @@ def train_policy(
         desc="train-policy",
     )
     loss_fn: Callable[[list[int]], Tensor] = lambda idx: sft_loss(  # noqa: E731
-        decoder, head, [examples[i] for i in idx], pad, dev
+        decoder, head, [examples[i] for i in idx], pad, dev, cfg.decision_weight
     )
     t0 = time.perf_counter()
     params = [p for p in peft.parameters() if p.requires_grad]
