@@ -61,7 +61,8 @@ from saffron.train.loop import (
 
 @dataclass(frozen=True)
 class MRMTrainConfig:
-    """Settings of ``saffron train-mrm`` (defaults: the paper's recipe, the embedded smol-mrm)."""
+    """Settings of ``saffron train-mrm`` (defaults: the paper's recipe; the embedded smol-mrm
+    records its own in its meta.json)."""
 
     seed: int = 0
     """Seeds the LoRA initialisation and the example order."""
