@@ -49,15 +49,15 @@ def test_write_json_layout(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == json.dumps({"a": "é", "b": 1}, indent=2) + "\n"
 
 
-def test_read_meta_checks_the_format(tmp_path: Path) -> None:
+def test_read_format_checks_the_format(tmp_path: Path) -> None:
     path = tmp_path / "meta.json"
     path.write_text('{"format": "x/1", "n": 2}')
-    assert files.read_meta(path, "x/1", unreadable="{path} is bad", kind="file")["n"] == 2
+    assert files.read_format(path, "x/1", unreadable="{path} is bad", kind="file")["n"] == 2
     with pytest.raises(SaffronError, match=r"is not a y/1 dataset$"):
-        files.read_meta(path, "y/1", unreadable="{path} is bad", kind="dataset")
+        files.read_format(path, "y/1", unreadable="{path} is bad", kind="dataset")
     path.write_text("{")
     with pytest.raises(SaffronError, match=f"^{path} is bad: "):
-        files.read_meta(path, "x/1", unreadable="{path} is bad", kind="file")
+        files.read_format(path, "x/1", unreadable="{path} is bad", kind="file")
 
 
 def test_write_folder_swaps_whole_and_keeps_the_old_one_on_failure(tmp_path: Path) -> None:

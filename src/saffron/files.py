@@ -105,7 +105,7 @@ def write_json(path: Path, obj: Any, *, sort_keys: bool = False) -> None:
     write_text(path, dump_json(obj, sort_keys=sort_keys))
 
 
-def read_meta(path: Path, fmt: str, *, unreadable: str, kind: str) -> dict[str, Any]:
+def read_format(path: Path, fmt: str, *, unreadable: str, kind: str) -> dict[str, Any]:
     """The JSON object in ``path`` whose ``format`` is ``fmt`` (a folder's ``meta.json``).
 
     Raises SaffronError ``"<unreadable>: <reason>"`` when the file cannot be read or parsed

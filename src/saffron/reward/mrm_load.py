@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saffron.errors import SaffronError
-from saffron.files import read_meta as read_format_meta
+from saffron.files import read_format
 from saffron.lm.models import LoadedModel
 from saffron.lm.policy import Policy
 from saffron.lm.vocab import vocab_hash
@@ -77,7 +77,7 @@ def _tensor(path: Path, key: str) -> Tensor:
 def read_meta(folder: Path) -> dict[str, object]:
     """The ``meta.json`` of a ``saffron train-mrm`` folder; SaffronError when unreadable or of
     another format."""
-    return read_format_meta(
+    return read_format(
         folder / META_FILE,
         MRM_FORMAT,
         unreadable="the MRM metadata {path} is unreadable",

@@ -37,8 +37,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
-from saffron.files import read_meta as read_format_meta
-from saffron.files import sha256_file, write_json, write_with
+from saffron.files import read_format, sha256_file, write_json, write_with
 from saffron.lm.batching import batches
 from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
 from saffron.lm.vocab import vocab_hash
@@ -168,7 +167,7 @@ def read_meta(folder: Path) -> dict[str, object]:
     path = folder / META
     if not path.is_file():
         raise SaffronError(f"{folder} is not a label dataset (no {META}); run `saffron label`")
-    return read_format_meta(path, LABEL_FORMAT, unreadable="{path} is corrupt", kind="dataset")
+    return read_format(path, LABEL_FORMAT, unreadable="{path} is corrupt", kind="dataset")
 
 
 _IDENTITY = (
