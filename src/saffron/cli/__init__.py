@@ -3,6 +3,7 @@
 * :mod:`~saffron.cli.core` — ``generate``, ``judge``, ``models``, ``datasets``, ``methods``,
   ``setup``;
 * :mod:`~saffron.cli.train` — ``train-policy``, ``train-guard``, ``label``, ``train-mrm``;
+  :mod:`~saffron.cli.train_data` — what they train on;
 * :mod:`~saffron.cli.eval` — ``eval``, ``compare``, ``attack-answers``, ``demo``;
 * :mod:`~saffron.cli.serve` — ``serve``;
 * :mod:`~saffron.cli.args` — the argument types they share.
