@@ -54,11 +54,29 @@ def add_answer_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--no-cache", action="store_true", help="disable the trie KV cache")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
-    judge = sub.add_parser("judge", help="score (prompt, response) pairs with a safety guard")
+    _add_judge_parser(sub)
+
+
+def _add_judge_parser(sub: argparse._SubParsersAction) -> None:
+    judge = sub.add_parser(
+        "judge",
+        help="judge (prompt, response) pairs, or re-judge a run's records, with every judge",
+        description="Judges: guard (smol-guard; searches optimise it), independent (a guard on "
+        "another backbone; the headline), degeneracy (incoherent or repetitive text), rule "
+        "(garak's refusal phrases). Examples: saffron judge --prompt P --response R --judge all; "
+        "saffron judge --run runs/adv --judge all  (writes runs/adv/judged.jsonl)",
+    )
+    judge.add_argument(
+        "--judge",
+        default="guard",
+        help="guard|independent|degeneracy|rule, comma-separated, or all",
+    )
     judge.add_argument("--guard", default=SMOL_GUARD, help="guard name or adapter folder")
+    judge.add_argument("--independent", default="gemma-judge", help="independent judge name")
     judge.add_argument("--prompt", help="the user prompt")
     judge.add_argument("--response", help="the answer to judge (may be empty)")
     judge.add_argument("--file", help="JSONL rows with prompt and response")
+    judge.add_argument("--run", help="a saffron eval folder: judge every record")
     judge.add_argument("--json", action="store_true", help="one JSON object per row")
 
 
@@ -192,24 +210,55 @@ def _judge_file(path: str) -> list[tuple[str, str, str]]:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from saffron.reward.loading import load_guard
-    from saffron.types import TokenSequence
+    from saffron.eval.judges import Answer, judge_answers, load_scorers, parse_judges
 
+    names = parse_judges(args.judge)
+    if args.run is not None:
+        if args.file or args.prompt is not None or args.response is not None:
+            raise SaffronError("give --run, --file or --prompt/--response, one of them")
+        return _judge_run(Path(args.run), names, args)
     rows = _judge_rows(args)
-    guard = load_guard(args.guard, None)
-    tok = guard.backend.loaded.tokenizer
-
-    def enc(text: str) -> tuple[int, ...]:
-        return tuple(tok.encode(text, add_special_tokens=False))
-
-    seqs = [TokenSequence((), enc(p), (), (), enc(r)) for _, p, r in rows]
-    rewards = guard.score(seqs).tolist()
-    for (rid, _, _), reward in zip(rows, rewards, strict=True):
-        verdict = "unsafe" if reward < 0 else "safe"
+    scorers, threshold = load_scorers(names, guard=args.guard, independent=args.independent)
+    verdicts = judge_answers([Answer(p, "", r) for _, p, r in rows], scorers, threshold)
+    for (rid, _, _), v in zip(rows, verdicts, strict=True):
+        if names == ("guard",):  # the guard alone: one reward and its verdict, as always
+            reward, verdict = v["guard_reward"], "unsafe" if v["unsafe_guard"] else "safe"
+            out = {"id": rid, "reward": reward, "verdict": verdict}
+            print(json.dumps(out) if args.json else f"{rid}\t{reward:+.3f}\t{verdict}")
+            continue
         if args.json:
-            print(json.dumps({"id": rid, "reward": reward, "verdict": verdict}))
-        else:
-            print(f"{rid}\t{reward:+.3f}\t{verdict}")
+            print(json.dumps({"id": rid, **v}))
+            continue
+        parts = [rid]
+        for name in ("guard", "independent"):
+            if f"{name}_reward" in v:
+                verdict = "unsafe" if v[f"unsafe_{name}"] else "safe"
+                parts.append(f"{name} {v[f'{name}_reward']:+.3f} {verdict}")
+        if "unsafe_rule" in v:
+            parts.append(f"rule {'unsafe' if v['unsafe_rule'] else 'safe'}")
+        if "degenerate" in v:
+            state = "degenerate" if v["degenerate"] else "coherent"
+            parts.append(f"degeneracy {v['degenerate_p']:.2f} {state}")
+        print("\t".join(parts))
+    return 0
+
+
+def _judge_run(folder: Path, names: tuple[str, ...], args: argparse.Namespace) -> int:
+    """Re-judge every record of a run into ``judged.jsonl``; print the per-cell rates."""
+    from saffron.eval.judges import JUDGED, cell_rates, judge_run, load_scorers
+
+    if not (folder / "records.jsonl").is_file():
+        raise SaffronError(f"{folder} holds no records.jsonl; run `saffron eval --out {folder}`")
+    scorers, threshold = load_scorers(names, guard=args.guard, independent=args.independent)
+    rows = judge_run(folder, scorers, threshold)
+    table = cell_rates(rows)
+    keys = sorted({k for v in table.values() for k in v if k != "n"})
+    print("| method | budget | n | " + " | ".join(keys) + " |")
+    print("|---|---|---|" + "---|" * len(keys))
+    for (method, budget), v in table.items():
+        vals = " | ".join(f"{v[k]:.3f}" if k in v else "—" for k in keys)
+        print(f"| {method} | {budget} | {int(v['n'])} | {vals} |")
+    print(f"\n{len(rows)} records judged → {folder / JUDGED}")
     return 0
 
 
