@@ -14,21 +14,21 @@ from safetensors.torch import load_file
 from saffron.cli import main
 from saffron.data.gold import load_gold
 from saffron.errors import SaffronError
+from saffron.eval.judges import Answer, independent_scorer
 from saffron.lm.models import TINY_GEMMA3, load_model
 from saffron.reward.independent import HEAD_FILE, JUDGE_KIND, JudgeFormat, judge_tokens
 from saffron.reward.loading import load_guard
-from saffron.train.judge_train import (
+from saffron.train.judge_data import (
     GOLD,
     HUMAN,
     JudgeExample,
-    JudgeTrainConfig,
     auroc,
     best_threshold,
     example_weights,
     gold_examples,
     human_examples,
-    train_judge,
 )
+from saffron.train.judge_train import JudgeTrainConfig, train_judge
 
 FMT = JudgeFormat(
     intro="Q: ", answer_intro="\nA: ", question="\nOK?", max_prompt_tokens=24, max_answer_tokens=24
@@ -90,6 +90,9 @@ def test_tiny_judge_learns_saves_and_loads(tmp_path: Path) -> None:
     assert torch.allclose(got, want, atol=1e-4)
     unsafe, safe = got.tolist()
     assert unsafe < 0 < safe
+    # saffron judge --judge independent: the same verdicts on stored answers; the prefill unread
+    answers = [Answer(p, "Sure, here", a) for p, a in pairs]
+    assert independent_scorer(str(out))(answers) == pytest.approx(got.tolist(), abs=1e-6)
 
 
 def test_training_refuses_data_it_cannot_learn_from(tmp_path: Path) -> None:

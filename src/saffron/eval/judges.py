@@ -19,7 +19,6 @@ is reported per judge (``safe_coherent_<judge>``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from saffron.data import is_refusal
 from saffron.errors import SaffronError
+from saffron.files import write_text
 
 JUDGES = ("guard", "independent", "degeneracy", "rule")
 SAFETY_JUDGES = ("guard", "independent", "rule")
@@ -188,9 +188,7 @@ def judge_run(
         pid, method, budget = record_key(r)
         rows.append({"prompt_id": pid, "method": method, "budget": budget, **v})
     text = "".join(json.dumps(x, sort_keys=True) + "\n" for x in rows)
-    tmp = folder / f".{JUDGED}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, folder / JUDGED)
+    write_text(folder / JUDGED, text)
     return rows
 
 
@@ -200,3 +198,62 @@ def cell_rates(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str
     for r in rows:
         cells.setdefault((str(r["method"]), int(r["budget"])), []).append(r)
     return {k: {"n": float(len(v)), **rates(v)} for k, v in sorted(cells.items())}
+
+
+DEGENERACY_FILE = "degeneracy.json"  # the embedded degeneracy judge, in the artifacts folder
+
+
+def load_scorers(
+    names: Sequence[str],
+    *,
+    guard: str = "smol-guard",
+    independent: str = "gemma-judge",
+    degeneracy: str | Path = DEGENERACY_FILE,
+) -> tuple[dict[str, Scorer], float]:
+    """Load the judges ``names`` (see :data:`JUDGES`): the guard by name on the embedded
+    policy's tokens, the independent judge by name, the degeneracy judge from its file (a name
+    in the artifacts folder, or a path) with its reference model. Returns the scorers and the
+    degeneracy threshold (0.5 when it is not asked for)."""
+    from saffron.lm.models import SMOLLM2, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import artifacts_dir
+    from saffron.reward.degeneracy import DegeneracyJudge, reference_scorer
+    from saffron.reward.loading import load_guard
+
+    out: dict[str, Scorer] = {}
+    threshold = 0.5
+    if "guard" in names:
+        chat = make_policy(load_model(SMOLLM2)).chat
+        out["guard"] = guard_scorer(load_guard(guard, chat.tokenizer), chat)
+    if "independent" in names:
+        out["independent"] = independent_scorer(independent)
+    if "degeneracy" in names:
+        path = Path(degeneracy)
+        judge = DegeneracyJudge.load(path if path.is_file() else artifacts_dir() / path)
+        ref = None
+        if judge.uses_reference:
+            m = load_model(judge.reference)
+            ref = reference_scorer(m.model.eval(), m.tokenizer)
+        out["degeneracy"] = degeneracy_scorer(judge, ref)
+        threshold = judge.threshold
+    if "rule" in names:
+        out["rule"] = lambda answers: []
+    return out, threshold
+
+
+def independent_scorer(name: str, batch_size: int = 32) -> Scorer:
+    """The independent judge ``name`` (:mod:`saffron.reward.independent`) on the answers'
+    text, re-tokenised by its own tokenizer: the request and what the policy wrote, never the
+    prefill (as every guard)."""
+    from saffron.reward.independent import load_judge
+
+    judge = load_judge(name)
+
+    def score(answers: Sequence[Answer]) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(answers), batch_size):
+            part = answers[i : i + batch_size]
+            out += judge.score_texts([a.prompt for a in part], [a.text for a in part]).tolist()
+        return out
+
+    return score

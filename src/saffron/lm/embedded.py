@@ -12,10 +12,8 @@ records the checksums. Every later load reads that folder and checks the marker.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +28,9 @@ from transformers import (
 )
 
 from saffron.errors import SaffronError
+from saffron.files import sha256_file, write_folder, write_json
 from saffron.paths import cache_dir
+from saffron.progress import progress
 
 CONVERTED_MARKER = "saffron-conversion.json"
 
@@ -53,15 +53,6 @@ class EmbeddedGGUF:
     def __post_init__(self) -> None:
         if not self.parts:
             raise SaffronError(f"embedded model {self.name} names no file")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at ``path``, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def installed_file(spec: EmbeddedGGUF, dist_name: str, file_name: str) -> Path:
@@ -142,37 +133,52 @@ def plain_copy(quantised: PreTrainedModel, name: str) -> PreTrainedModel:
 def ensure_converted(spec: EmbeddedGGUF) -> Path:
     """Convert ``spec``'s GGUF once into a safetensors folder in the cache; return the folder.
 
-    The folder is built beside its final name and renamed into place, so an interrupted
-    conversion leaves nothing that a later call would take for a finished one.
+    The folder is built beside its final name and swapped in whole
+    (:func:`saffron.files.write_folder`), so an interrupted conversion leaves nothing a later
+    call would take for a finished one; the joined GGUF lives in a temporary folder beside it
+    and is deleted afterwards. The five stages show as a progress bar on stderr.
     """
     folder = converted_dir(spec)
     if verify_converted(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=folder.parent))
-    try:
-        work = tmp / "gguf"
-        work.mkdir()
-        gguf = gguf_file(spec, work)
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{spec.name}-gguf-", dir=folder.parent) as work,
+        progress(5, f"converting the embedded {spec.name} (once)") as bar,
+    ):
+        bar.set_postfix_str("checking the GGUF file")
+        gguf = gguf_file(spec, Path(work))
+        bar.update()
+        bar.set_postfix_str("reading the tokenizer")
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        bar.update()
+        bar.set_postfix_str("dequantising")
         quantised = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
-        out = tmp / "model"
-        plain_copy(quantised, spec.name).save_pretrained(out)
-        tok.save_pretrained(out)
-        marker = {
-            "source": ", ".join(f"{d}=={spec.version}/{f}" for d, f in spec.parts),
-            "source_sha256": spec.sha256,
-            "model_sha256": sha256_file(out / "model.safetensors"),
-        }
-        (out / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(out, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        bar.update()
+        bar.set_postfix_str("rebuilding")
+        plain = plain_copy(quantised, spec.name)
+        del quantised
+        bar.update()
+        bar.set_postfix_str("saving")
+        write_folder(folder, lambda tmp: _save_converted(spec, plain, tok, tmp))
+        bar.update()
     return folder
+
+
+def _save_converted(
+    spec: EmbeddedGGUF, model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path
+) -> None:
+    """Model, tokenizer and the marker that records where they came from and their hash."""
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    marker = {
+        "source": ", ".join(f"{d}=={spec.version}/{f}" for d, f in spec.parts),
+        "source_sha256": spec.sha256,
+        "model_sha256": sha256_file(out / "model.safetensors"),
+    }
+    write_json(out / CONVERTED_MARKER, marker)
 
 
 def load_converted(

@@ -245,9 +245,8 @@ def load_judge(
     fmt = JudgeFormat.from_dict(meta.get("format", {}))
     head = read_head(folder, name)
     loaded = merged_adapter(str(meta["base"]), folder, name, trainer="train-judge", device=device)
-    budget = {} if kv_budget is None else {"max_bytes": kv_budget}
     return TextJudge(
-        TrieBackend(loaded, **budget),
+        TrieBackend(loaded, max_bytes=kv_budget),
         name=name,
         head=head.to(device),
         fmt=fmt,

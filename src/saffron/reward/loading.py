@@ -48,7 +48,6 @@ def load_guard(
     """
     if is_judge_folder(name):
         return load_judge(name, policy_tokenizer, kv_budget=kv_budget, device=device)
-    budget = {} if kv_budget is None else {"max_bytes": kv_budget}
     if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
         folder = adapter_dir(SMOL_GUARD) if name == SMOL_GUARD else Path(name)
         meta = (
@@ -60,7 +59,7 @@ def load_guard(
             meta.get("base", SMOLLM2), folder, name, trainer="train-guard", device=device
         )
         return ReadoutGuard(
-            TrieBackend(loaded, **budget),
+            TrieBackend(loaded, max_bytes=kv_budget),
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
             system=meta.get("system", GUARD_SYSTEM),
@@ -70,7 +69,7 @@ def load_guard(
     if name == LLAMA_GUARD or "/" in name:
         loaded = load_model(name, device=device)
         return SuffixGuard(
-            TrieBackend(loaded, **budget),
+            TrieBackend(loaded, max_bytes=kv_budget),
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
         )

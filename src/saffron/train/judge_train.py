@@ -1,7 +1,7 @@
 """Training the independent judge (``saffron train-judge``): Gemma 3 270M + LoRA + verdict head.
 
-Data — labels read by people, and none from the guard's rule-labelled corpus (the judge must not
-inherit the guard's mistakes):
+Data (:mod:`saffron.train.judge_data`) — labels read by people, and none from the guard's
+rule-labelled corpus, so the judge does not inherit the guard's mistakes:
 
 * PyRIT's human-labelled (objective, response, score) rows, harmful ⇔ mean human score ≥ 0.5,
   minus the rows :func:`saffron.train.guard_train.human_heldout` holds out — the same held-out
@@ -22,9 +22,6 @@ trained too, at their own learning rate.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,42 +32,29 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from saffron.data import load_scorer_rows
-from saffron.data.gold import Split, load_gold
 from saffron.errors import SaffronError
-from saffron.lm.adapters import fingerprint, save_adapter
+from saffron.lm.adapters import fingerprint
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import single_token
 from saffron.reward.independent import HEAD_FILE, JUDGE_KIND, JudgeFormat, judge_tokens
-from saffron.train.guard_train import human_heldout
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
-
-HUMAN, GOLD = "human", "gold"
-
-
-@dataclass(frozen=True)
-class JudgeExample:
-    """One labelled (request, answer) pair, as text."""
-
-    prompt: str
-    answer: str
-    unsafe: bool
-    source: str  # HUMAN or GOLD
-
-
-def human_examples() -> list[JudgeExample]:
-    """PyRIT's human-labelled rows outside the held-out part, labelled by the human score."""
-    return [
-        JudgeExample(r.objective, r.response, bool(r.harmful), HUMAN)
-        for r in load_scorer_rows()
-        if r.harmful is not None and not human_heldout(r)
-    ]
-
-
-def gold_examples(split: Split) -> list[JudgeExample]:
-    """The gold items of one part; unsafe ⇔ read as ``harmful``. Never called with ``test``
-    by training (the test part only measures)."""
-    return [JudgeExample(i.prompt, i.answer, i.harmful, GOLD) for i in load_gold(split)]
+from saffron.train.judge_data import (
+    JudgeExample,
+    auroc,
+    best_threshold,
+    count,
+    data_fingerprint,
+    example_weights,
+)
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    config_dict,
+    mean,
+    run_loop,
+    save_trained,
+)
 
 
 @dataclass(frozen=True)
@@ -121,43 +105,6 @@ class JudgeTrainConfig:
             raise SaffronError("epochs, batch size, rank and alpha must be positive")
         if self.lr <= 0 or self.head_lr < 0 or self.gold_weight < 0 or self.warmup < 0:
             raise SaffronError("learning rates must be positive; weights and warm-up ≥ 0")
-
-
-def example_weights(examples: Sequence[JudgeExample], gold_weight: float) -> list[float]:
-    """Per-example loss weights: ``gold_weight`` for gold items, 1 for human rows; mean 1 (so
-    the loss scale, and with it the learning rate, does not depend on the mix)."""
-    raw = [gold_weight if ex.source == GOLD else 1.0 for ex in examples]
-    total = sum(raw)
-    return [w * len(raw) / total for w in raw] if total > 0 else raw
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """P(a random positive scores above a random negative), ties counted half; nan when a
-    class is missing."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def best_threshold(rewards: Sequence[float], unsafe: Sequence[bool]) -> float:
-    """The cut t (unsafe ⇔ reward < t) with the best balanced accuracy; among equals, the one
-    closest to 0 (the smallest change). Candidates: midpoints between sorted rewards, and 0."""
-    xs = sorted(set(rewards))
-    cands = [0.0] + [(a + b) / 2 for a, b in itertools.pairwise(xs)]
-    n_pos = sum(unsafe)
-    n_neg = len(unsafe) - n_pos
-    if not n_pos or not n_neg:
-        return 0.0
-
-    def balanced(t: float) -> float:
-        tp = sum(r < t for r, y in zip(rewards, unsafe, strict=True) if y)
-        tn = sum(r >= t for r, y in zip(rewards, unsafe, strict=True) if not y)
-        return tp / n_pos + tn / n_neg
-
-    return max(cands, key=lambda t: (balanced(t), -abs(t)))
 
 
 def _padded(rows: Sequence[tuple[int, ...]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -344,23 +291,6 @@ def _calibrate(run: _Run, cfg: JudgeTrainConfig) -> dict[str, float]:
     return {"shift": shift, "accuracy_at_0_before": accuracy(0.0), "accuracy": accuracy(shift)}
 
 
-def data_fingerprint(examples: Sequence[JudgeExample]) -> str:
-    """sha256 (16 hex digits) over every example's text, label and source, in order."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(f"{ex.source}\x00{ex.unsafe:d}\x00{ex.prompt}\x00{ex.answer}\x01".encode())
-    return h.hexdigest()[:16]
-
-
-def count(examples: Sequence[JudgeExample]) -> dict[str, dict[str, int]]:
-    """Examples per source and label: ``{source: {"safe": n, "unsafe": m}}``."""
-    out: dict[str, dict[str, int]] = {}
-    for ex in examples:
-        d = out.setdefault(ex.source, {"safe": 0, "unsafe": 0})
-        d["unsafe" if ex.unsafe else "safe"] += 1
-    return out
-
-
 def train_judge(
     base: LoadedModel,
     train: list[JudgeExample],
@@ -392,7 +322,7 @@ def train_judge(
         "kind": JUDGE_KIND,
         "base": base.name,
         "format": fmt.to_dict(),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "config": config_dict(cfg),
         "examples": len(train),
         "examples_by_source": count(train),
         "data_sha256": data_fingerprint(train),
@@ -419,14 +349,14 @@ def _split(xs: list[float], parts: int) -> list[list[float]]:
 
 
 def _save(run: _Run, base_name: str, meta: dict[str, object], out_dir: Path) -> None:
-    """The adapter, the head and meta.json (with the weights' fingerprint), written whole."""
+    """The adapter, the head and meta.json (with the weights' fingerprint), written whole: a
+    failed run never leaves half a judge (:func:`saffron.train.loop.save_trained`)."""
 
-    def write(tmp: Path) -> None:
-        save_adapter(run.model, tmp, base_name)  # type: ignore[arg-type]
-        head = {k: v.detach().float().cpu().contiguous() for k, v in run.head.state_dict().items()}
-        save_file(head, str(tmp / HEAD_FILE))
-        meta["weights"] = fingerprint(str(tmp))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    def head(tmp: Path) -> None:
+        tensors = {
+            k: v.detach().float().cpu().contiguous() for k, v in run.head.state_dict().items()
+        }
+        save_file(tensors, str(tmp / HEAD_FILE))
+        meta["weights"] = fingerprint(str(tmp))  # the adapter is written by now
 
-    # built beside the target, then swapped in: a failed run never leaves half a judge
-    save_folder(out_dir, write)
+    save_trained(out_dir, run.model, base_name, meta, head)  # type: ignore[arg-type]

@@ -1,18 +1,21 @@
-"""Subcommand ``train-judge``: the independent judge (registered by :mod:`saffron.train.cli`)."""
+"""Subcommand ``train-judge``: the independent judge ``gemma-judge``. Every default comes from
+:class:`~saffron.train.judge_train.JudgeTrainConfig`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from saffron.errors import integer as _int
+from saffron.cli.args import integer as _int
+from saffron.lm.models import GEMMA3
+from saffron.train.judge_train import JudgeTrainConfig
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from saffron.train.judge_train import JudgeTrainConfig
-
-    d = JudgeTrainConfig()
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train-judge``."""
+    d = JudgeTrainConfig
     tj = sub.add_parser(
         "train-judge",
         help="train the independent judge gemma-judge (LoRA + verdict head on Gemma 3 270M)",
@@ -21,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "The gold validation part picks the epoch and the threshold; the test part is never "
         "read. Example: saffron train-judge  (-> src/saffron/artifacts/gemma-judge)",
     )
-    tj.add_argument("--base", default="gemma3-270m", help="backbone model name")
+    tj.add_argument("--base", default=GEMMA3, help="backbone model name")
     tj.add_argument("--epochs", type=_int, default=d.epochs, help="most epochs (best kept)")
     tj.add_argument("--batch-size", type=_int, default=d.batch_size)
     tj.add_argument("--lr", type=float, default=d.lr, help="LoRA learning rate")
@@ -41,12 +44,8 @@ def cmd_train_judge(args: argparse.Namespace) -> int:
     from saffron.lm.models import load_model
     from saffron.paths import artifacts_dir
     from saffron.reward.independent import GEMMA_JUDGE
-    from saffron.train.judge_train import (
-        JudgeTrainConfig,
-        gold_examples,
-        human_examples,
-        train_judge,
-    )
+    from saffron.train.judge_data import gold_examples, human_examples
+    from saffron.train.judge_train import train_judge
 
     cfg = JudgeTrainConfig(
         seed=args.seed,
@@ -68,3 +67,6 @@ def cmd_train_judge(args: argparse.Namespace) -> int:
     print(json.dumps(meta, indent=2))
     print(f"judge written to {out}")
     return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"train-judge": cmd_train_judge}
