@@ -1,5 +1,5 @@
 """The embedded Gemma 3 270M base (the independent judge's backbone): its tokenizer, a forward
-that knows a fact, and the trie cache's parity with a plain forward on a sliding-window model."""
+that reads English, and the trie cache's parity with a plain forward on a sliding-window model."""
 
 from __future__ import annotations
 
@@ -26,12 +26,19 @@ def test_tokenizer(gemma: LoadedModel) -> None:
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
-def test_forward_continues_a_fact(gemma: LoadedModel) -> None:
+def test_forward_reads_english(gemma: LoadedModel) -> None:
     tok = gemma.tokenizer
-    ids = tok("The capital of France is", return_tensors="pt")
-    with torch.no_grad():
-        out = gemma.model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
+    text = "The cat sat on the mat. It was a sunny day, and the children played in the park."
+    ids = tok.encode(text)
+
+    def nll(order: list[int]) -> float:
+        x = torch.tensor([order])
+        with torch.no_grad():
+            return float(gemma.model(x, labels=x).loss)
+
+    # a language model: fluent text is far likelier than the same tokens reversed
+    fluent, reversed_ = nll(ids), nll([ids[0], *ids[:0:-1]])
+    assert fluent < 3.5 and fluent < reversed_ - 2
 
 
 def test_trie_matches_plain_forward(gemma: LoadedModel) -> None:

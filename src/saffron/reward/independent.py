@@ -62,7 +62,7 @@ class JudgeFormat:
     """Text after the answer; the verdict is read at its last token."""
     max_prompt_tokens: int = 64
     """The request is cut to its first this many judge tokens."""
-    max_answer_tokens: int = 192
+    max_answer_tokens: int = 128
     """The answer is cut to its first this many judge tokens (what it starts to give counts)."""
 
     def __post_init__(self) -> None:
