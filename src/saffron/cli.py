@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="method option, e.g. children=4, lookahead=8, conservative=false (repeatable)",
     )
+    eval_cli.add_search_rule_options(gen)
     gen.add_argument("--no-cache", action="store_true", help="disable the trie KV cache")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -150,7 +151,9 @@ def _options(items: list[str]) -> tuple[tuple[str, object], ...]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from saffron.lm.models import load_model
     from saffron.lm.policy import make_policy
+    from saffron.reward.costing import parse_guard_cost
     from saffron.search import SearchConfig, World, get_method, run_search
+    from saffron.search.base import check_config
 
     spec = get_method(args.method)  # fail on a typo before loading anything
     config = SearchConfig(
@@ -161,7 +164,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         temperature=args.temperature,
         seed=args.seed,
+        logp_weight=args.logp_weight,
+        logp_floor=args.logp_floor,
     )
+    check_config(spec, config)  # a budget or rule the method cannot run, before loading
+    guard_suffix = parse_guard_cost(args.guard_cost)
     if not args.prompt.strip():
         raise SaffronError("the prompt is empty")
     t0 = time.perf_counter()
@@ -172,6 +179,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from saffron.reward.loading import load_guard
 
         world.guard = load_guard(args.guard, policy.chat.tokenizer)
+        if guard_suffix:
+            from saffron.reward.costing import SuffixCosted
+
+            world.guard = SuffixCosted(world.guard, guard_suffix)
     if spec.needs_mrm:
         from saffron.reward.mrm_load import load_mrm
 

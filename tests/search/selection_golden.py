@@ -59,16 +59,14 @@ def outcome(models: Models, case: dict[str, Any], **extra: Any) -> dict[str, Any
         "tokens": list(result.generated),
         "reward": result.reward,
         "reward_calls": result.reward_calls,
-        "compute": {
-            role: {k: v for k, v in m.to_dict().items()}
-            for role, m in sorted(result.compute.per_model.items())
-        },
+        "compute": {role: m.to_dict() for role, m in sorted(result.compute.per_model.items())},
     }
 
 
 def main() -> None:
-    from saffron.lm.models import load_model
     from search_toys import loaded_tiny
+
+    from saffron.lm.models import load_model
 
     models = Models(
         load_model("tiny-random-llama"), loaded_tiny(1, "toy-guard"), loaded_tiny(2, "toy-mrm")

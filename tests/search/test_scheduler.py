@@ -50,9 +50,8 @@ def jobs(world: World) -> list[tuple[int, str, TokenSequence, SearchConfig]]:
     for i, method in enumerate(sorted(METHODS)):
         for j, text in enumerate(PROMPTS[:2] if method in ("beam", "mcts") else PROMPTS):
             seq = world.policy.chat.sequence(text, prefill="Ok" if j % 2 else "")
-            cfg = SearchConfig(
-                budget=1 + (i + j) % 3, max_new_tokens=5, min_new_tokens=2, seed=i * 10 + j
-            )
+            budget = max(METHODS[method].min_budget, 1 + (i + j) % 3)
+            cfg = SearchConfig(budget=budget, max_new_tokens=5, min_new_tokens=2, seed=i * 10 + j)
             out.append((len(out), method, seq, cfg))
     return out
 

@@ -68,6 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--guard", default="smol-guard")
     ev.add_argument("--mrm", default="smol-mrm")
+    add_search_rule_options(ev)
     ev.add_argument("--out", required=True, help="output directory (resumable)")
     ev.add_argument(
         "--shard",
@@ -108,6 +109,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
     demo.add_argument("--out", default="out/demo", help="output directory")
+
+
+def add_search_rule_options(p: argparse.ArgumentParser) -> None:
+    """``--logp-weight``, ``--logp-floor`` (selection of saffron and beam; defaults from
+    :class:`~saffron.search.base.SearchConfig`) and ``--guard-cost`` (how guard calls are
+    billed, :mod:`saffron.reward.costing`)."""
+    from saffron.reward.costing import DEFAULT_SUFFIX_TOKENS, READOUT
+    from saffron.search.base import SearchConfig
+
+    p.add_argument(
+        "--logp-weight",
+        type=float,
+        default=SearchConfig.logp_weight,
+        metavar="BETA",
+        help="saffron, beam: rank children by reward + BETA·log π(answer so far) "
+        f"(default {SearchConfig.logp_weight}: reward alone, the paper's rule)",
+    )
+    p.add_argument(
+        "--logp-floor",
+        type=float,
+        default=SearchConfig.logp_floor,
+        metavar="NATS",
+        help="saffron, beam: no child more than NATS below the policy's most probable token "
+        "(default: no floor, the paper's rule)",
+    )
+    p.add_argument(
+        "--guard-cost",
+        default=READOUT,
+        metavar="readout|suffix[:N]",
+        help="bill each guard call as run (readout) or as a suffix guard would compute it, N "
+        f"more positions per call (suffix: N = {DEFAULT_SUFFIX_TOKENS}, Llama Guard 3's "
+        "closing instruction); an accounting model, answers unchanged",
+    )
 
 
 def cmd_attack_answers(args: argparse.Namespace) -> int:
@@ -154,6 +188,9 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         guard=args.guard,
         mrm=args.mrm,
         method_budgets=tuple(_method_budgets(x) for x in args.method_budgets),
+        logp_weight=args.logp_weight,
+        logp_floor=args.logp_floor,
+        guard_cost=args.guard_cost,
     )
 
 
