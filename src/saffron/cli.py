@@ -103,6 +103,8 @@ def cmd_methods(_: argparse.Namespace) -> int:
     for spec in sorted(METHODS.values(), key=lambda s: s.name):
         needs = [n for n, f in (("guard", spec.needs_guard), ("mrm", spec.needs_mrm)) if f]
         extra = f" [needs {', '.join(needs)}]" if needs else ""
+        extra += f" [budget ≥ {spec.min_budget}]" if spec.min_budget > 1 else ""
+        extra += " [--logp-weight, --logp-floor]" if spec.ranks_children else ""
         print(f"{spec.name:12s} {spec.description}; budget = {spec.budget_meaning}{extra}")
     return 0
 

@@ -49,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="METHOD=B1,B2",
-        help="budgets for one method instead of --budgets, e.g. mcts=1,2 (repeatable)",
+        help="budgets for one method instead of --budgets, e.g. mcts=2,4 (repeatable)",
     )
     ev.add_argument("--attack", default="prefill:10", help="none | prefill | prefill:K")
     ev.add_argument("--max-new-tokens", type=int, default=32)
