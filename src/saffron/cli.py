@@ -155,7 +155,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from saffron.lm.policy import make_policy
     from saffron.reward.costing import parse_guard_cost
     from saffron.search import SearchConfig, World, get_method, run_search
-    from saffron.search.base import check_config
+    from saffron.search.base import check_config, check_rule_used
 
     spec = get_method(args.method)  # fail on a typo before loading anything
     config = SearchConfig(
@@ -169,7 +169,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         logp_weight=args.logp_weight,
         logp_floor=args.logp_floor,
     )
-    check_config(spec, config)  # a budget or rule the method cannot run, before loading
+    check_config(spec, config)  # a budget the method cannot search at, before loading
+    check_rule_used(spec, config)
     guard_suffix = parse_guard_cost(args.guard_cost)
     if not args.prompt.strip():
         raise SaffronError("the prompt is empty")

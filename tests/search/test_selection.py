@@ -13,7 +13,8 @@ from search_toys import Models
 from selection_golden import GOLDEN, cases, outcome
 
 from saffron.errors import SaffronError
-from saffron.search import SearchConfig, run_search
+from saffron.search import SearchConfig, get_method, run_search
+from saffron.search.base import check_rule_used
 from saffron.search.common import Node, best, rank_key, score
 
 # --- β = 0 is the paper's rule, bit for bit -------------------------------------------------
@@ -178,10 +179,18 @@ def test_bad_selection_values(kwargs, message) -> None:
 
 
 @pytest.mark.parametrize("method", ["best-of-n", "rejection", "mcts"])
-def test_methods_without_children_refuse_the_rule(models, table, overrated, prompt, method) -> None:
-    world = models.world(overrated, table=table)
+def test_methods_without_children_ignore_the_rule(models, table, overrated, prompt, method) -> None:
+    """They rank no children: the same answer and compute under any rule, and a rule a user
+    set for one of them is refused where it is checked (``saffron generate``)."""
+    results = [
+        run_search(method, models.world(overrated, table=table), prompt, cfg(2, **kw))
+        for kw in ({}, {"logp_weight": 0.5, "logp_floor": 1.0})
+    ]
+    assert results[0].generated == results[1].generated
+    assert results[0].compute.flops == results[1].compute.flops
     with pytest.raises(SaffronError) as err:
-        run_search(method, world, prompt, cfg(2, logp_weight=0.5))
+        check_rule_used(get_method(method), cfg(2, logp_weight=0.5))
     assert str(err.value) == (
         f"method {method!r} ranks no children; logp_weight and logp_floor apply to: beam, saffron"
     )
+    check_rule_used(get_method("saffron"), cfg(2, logp_weight=0.5))

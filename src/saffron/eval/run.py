@@ -87,7 +87,8 @@ class EvalConfig:
         for m in self.methods:
             self._check_budgets(m)
         rankers = [m for m in self.methods if get_method(m).ranks_children]
-        if (self.logp_weight, self.logp_floor) != (0.0, None) and not rankers:
+        default = (SearchConfig.logp_weight, SearchConfig.logp_floor)
+        if (self.logp_weight, self.logp_floor) != default and not rankers:
             raise SaffronError(
                 "logp_weight and logp_floor apply to methods that rank children (beam, "
                 "saffron); none of the methods does"
@@ -115,7 +116,7 @@ class EvalConfig:
 
     def search(self, budget: int, method: str) -> SearchConfig:
         """The search config of ``method`` at ``budget``; the selection rule (β, floor) goes
-        only to methods that rank children."""
+        only to methods that rank children (others get the paper's, which they ignore)."""
         ranks = get_method(method).ranks_children
         return SearchConfig(
             budget=budget,
@@ -124,8 +125,8 @@ class EvalConfig:
             top_p=self.top_p,
             temperature=self.temperature,
             seed=self.seed,
-            logp_weight=self.logp_weight if ranks else SearchConfig.logp_weight,
-            logp_floor=self.logp_floor if ranks else SearchConfig.logp_floor,
+            logp_weight=self.logp_weight if ranks else 0.0,
+            logp_floor=self.logp_floor if ranks else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,9 +142,11 @@ class EvalConfig:
         return d
 
 
+# The values every run recorded before these settings existed used (the paper's selection
+# rule, guard calls billed as run) — not the current defaults, which may change.
 LATER_SETTINGS: dict[str, object] = {
-    "logp_weight": SearchConfig.logp_weight,
-    "logp_floor": SearchConfig.logp_floor,
+    "logp_weight": 0.0,
+    "logp_floor": None,
     "guard_cost": READOUT,
 }
 

@@ -301,9 +301,16 @@ def check_budget(spec: MethodSpec, budget: int) -> None:
 
 def check_config(spec: MethodSpec, cfg: SearchConfig) -> None:
     """SaffronError when ``cfg`` asks the method for what it cannot do: a budget at which it
-    would not search, or a selection rule (β, floor) for a method that ranks no children."""
+    would not search. (A method that ranks no children ignores ``logp_weight`` and
+    ``logp_floor``; :func:`check_rule_used` refuses them where a user set them.)"""
     check_budget(spec, cfg.budget)
-    if not spec.ranks_children and not cfg.paper_selection:
+
+
+def check_rule_used(spec: MethodSpec, cfg: SearchConfig) -> None:
+    """SaffronError when ``cfg``'s selection rule is not the default one and ``spec`` ranks no
+    children, so the rule a user asked for would be silently ignored."""
+    default = (SearchConfig.logp_weight, SearchConfig.logp_floor)
+    if not spec.ranks_children and (cfg.logp_weight, cfg.logp_floor) != default:
         users = ", ".join(sorted(m.name for m in METHODS.values() if m.ranks_children))
         raise SaffronError(
             f"method {spec.name!r} ranks no children; logp_weight and logp_floor apply to: {users}"
