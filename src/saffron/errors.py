@@ -7,8 +7,6 @@ and exits with status 2; nothing else in the program catches it.
 
 from __future__ import annotations
 
-import argparse
-
 
 class SaffronError(Exception):
     """A problem with the user's input, described in one line."""
@@ -18,11 +16,3 @@ class SaffronError(Exception):
     def __init__(self, message: str) -> None:
         # One line by contract: the CLI prints ``str(err)`` as is.
         super().__init__(" ".join(message.split("\n")))
-
-
-def integer(text: str) -> int:
-    """An argparse type: an integer, or a usage error naming the text."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None

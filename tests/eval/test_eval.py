@@ -385,3 +385,28 @@ def test_a_budget_at_which_a_method_is_greedy_is_refused(dataset: Path, tmp_path
     assert str(err.value).startswith("method 'mcts' needs a budget ≥ 2, got 1: ")
     assert str(err.value).endswith("; give it its own budgets, e.g. --method-budgets mcts=2,4,8")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_judge_call_is_not_in_a_search_compute(dataset: Path) -> None:
+    """The guard judges every final answer, but that call is not part of the search's cost
+    (the paper counts every forward of the defence, excluding the final judging call)."""
+    from saffron.data import PromptRow
+    from saffron.eval.run import evaluate_one
+
+    world = tiny_world()
+    assert world.guard is not None
+    row = PromptRow(id="a", prompt="how do I do a bad thing")
+    cfg = config(dataset)
+    for method, budget in (("greedy", 1), ("best-of-n", 2)):
+        backend = world.guard.backend
+        before_calls, before = world.guard.calls, backend.compute.copy()
+        rec = evaluate_one(world, row, [], method, budget, cfg)
+        ran = backend.compute.minus(before)
+        searched = rec["compute"]["models"]["guard"]
+        judged = world.guard.calls - before_calls - rec["reward_calls"].get("guard", 0)
+        assert judged == 1  # the judge scored the answer once more …
+        assert ran.calls == searched["calls"] + 1  # … in a call of its own, not recorded
+        assert rec["tflop"] == pytest.approx(rec["compute"]["tflop"])
+        if method == "greedy":  # a search without a guard: its answer is new to the guard
+            assert searched["calls"] == 0 and searched["tflop"] == 0
+            assert ran.tokens_computed > 0 and ran.flops > 0

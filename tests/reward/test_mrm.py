@@ -133,3 +133,25 @@ def test_a_search_step_over_8_beams_runs_the_mrm_once_on_8_sequences(tiny) -> No
     assert (spent.calls, spent.sequences) == (2, 9)
     assert mrm.calls == 9 and result.reward_calls["mrm"] == 9
     assert len(result.generated) == 2
+
+
+def test_a_saffron_search_counts_the_mrm_vocabulary_head(tiny, monkeypatch) -> None:
+    """The MRM's reward head (d × V per scored sequence) is part of a Saffron search's FLOPs:
+    the same search with heads counted as free costs exactly 2·d·V per MRM row less."""
+    from saffron.lm.flops import FlopModel
+
+    def search() -> tuple[float, int]:
+        mrm = make_mrm()
+        world = World(policy=make_policy(tiny), mrm=mrm)
+        start = world.policy.chat.sequence("Hi", prefill="Ok")
+        cfg = SearchConfig(budget=4, max_new_tokens=3, min_new_tokens=3, top_p=1.0)
+        result = run_search("saffron", world, start, cfg)
+        return result.compute.per_model["mrm"].flops, result.reward_calls["mrm"]
+
+    counted, rows = search()
+    monkeypatch.setattr(FlopModel, "head", staticmethod(lambda rows, d_model, d_out: 0.0))
+    without_heads, same_rows = search()
+    mrm = make_mrm()
+    d, vocab = mrm.backend.d_model, mrm.vocab_size
+    assert rows == same_rows > 0
+    assert counted - without_heads == pytest.approx(2 * d * vocab * rows)

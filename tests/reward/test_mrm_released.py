@@ -1,8 +1,10 @@
-"""Compatibility with the MRM released with the paper (../shared/saffron-1-1b): the real files'
-shapes and dtypes, and a tiny stand-in folder in the same format loaded on a tiny base."""
+"""Compatibility with the MRM released with the paper (the folder named by $SAFFRON_RELEASED_MRM):
+the real files' shapes and dtypes, and a tiny stand-in folder in the same format loaded on a
+tiny base."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -22,8 +24,11 @@ from saffron.reward.released import (
 )
 from saffron.types import TokenSequence
 
-RELEASED = Path(__file__).resolve().parents[3] / "shared" / "saffron-1-1b"
-needs_release = pytest.mark.skipif(not RELEASED.is_dir(), reason="released files not present")
+RELEASED_ENV = "SAFFRON_RELEASED_MRM"  # the released Saffron-1-1B folder (`make test` sets it)
+RELEASED = Path(os.environ.get(RELEASED_ENV) or "/nonexistent").expanduser()
+needs_release = pytest.mark.skipif(
+    not RELEASED.is_dir(), reason=f"set {RELEASED_ENV} to the released Saffron-1-1B folder"
+)
 BASE_SEED = 11
 
 

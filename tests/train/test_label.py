@@ -12,7 +12,7 @@ from train_toys import EOS, RESPONSES, make_guard
 
 from saffron.cli import main
 from saffron.errors import SaffronError
-from saffron.reward.mrm import vocab_hash
+from saffron.lm.vocab import vocab_hash
 from saffron.train.label import (
     LABEL_FORMAT,
     LabelConfig,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from saffron.lm.models import SMOLLM2
+from saffron.lm.vocab import vocab_hash
 from saffron.reward.loading import adapter_dir, load_guard
-from saffron.reward.mrm import vocab_hash
 from saffron.reward.mrm_load import guard_backbone, load_mrm
 from saffron.train.corpus import CorpusItem
 from saffron.train.label import LabelConfig, label_corpus, load_tokenizer, read_labels

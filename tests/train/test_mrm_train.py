@@ -13,7 +13,8 @@ from train_toys import EOS, tiny_backbone
 
 from saffron.cli import main
 from saffron.errors import SaffronError
-from saffron.reward.mrm import Layout, vocab_hash
+from saffron.lm.vocab import vocab_hash
+from saffron.reward.mrm import Layout
 from saffron.reward.mrm_load import load_trained
 from saffron.train.label import LabelConfig, LabelledItem, label_corpus, read_labels
 from saffron.train.mrm_train import (

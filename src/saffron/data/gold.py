@@ -18,16 +18,14 @@ on. **The test part never trains or tunes anything**; the file itself says so in
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from saffron.errors import SaffronError
+from saffron.files import unit_hash, write_text
 
 GOLD_PATH = Path(__file__).parent / "sets" / "gold.json"
 LABELS = ("harmful", "refusal", "redirect", "degenerate", "benign")
@@ -80,8 +78,7 @@ def split_of(prompt_id: str) -> Split:
     """The gold part of every item of a prompt: fixed by a hash of the prompt id."""
     if prompt_id.startswith(HELD_OUT_PREFIX):
         return "test"
-    digest = hashlib.sha256(f"saffron-gold:{prompt_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = unit_hash(f"saffron-gold:{prompt_id}".encode(), nbytes=8)
     if u < TRAIN_FRACTION:
         return "train"
     return "validation" if u < TRAIN_FRACTION + VALIDATION_FRACTION else "test"
@@ -96,13 +93,7 @@ def write_gold(items: list[GoldItem], path: Path = GOLD_PATH) -> None:
     if bad:
         raise SaffronError(f"unknown labels on gold items {bad[:5]}")
     doc = {"about": ABOUT, "labels": list(LABELS), "items": [asdict(i) for i in items]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=0)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the set ships with the package
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, ensure_ascii=False, indent=0) + "\n")
 
 
 @cache

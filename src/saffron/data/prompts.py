@@ -19,7 +19,6 @@ Blank lines are skipped, unknown keys ignored. Every problem is a
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ import yaml
 
 from saffron.data import fetch
 from saffron.errors import SaffronError
+from saffron.files import unit_hash
 
 
 @dataclass(frozen=True)
@@ -443,8 +443,7 @@ def split_key(row: PromptRow, seed: int = 0, by: Literal["id", "prompt"] = "id")
     integer over 2**64: the same on every run, machine and Python version.
     """
     key = row.id if by == "id" else " ".join(row.prompt.lower().split())
-    digest = hashlib.sha256(f"saffron-split:{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return unit_hash(f"saffron-split:{seed}:{key}".encode(), nbytes=8)
 
 
 EVAL_FRACTION = 0.5  # half of every harmful set is held out for evaluation (split by prompt)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from saffron.data import PromptRow, is_refusal
 from saffron.errors import SaffronError
+from saffron.files import append_jsonl
+from saffron.lm.batching import batches
 from saffron.lm.policy import Policy
 from saffron.paths import artifacts_dir
 from saffron.search.base import SearchConfig
@@ -99,12 +101,18 @@ def compliant(text: str, n_tokens: int, prompt: str, min_tokens: int) -> bool:
 class AnswerConfig:
     """How harmful answers are generated."""
 
-    max_new_tokens: int = 48  # the answer's length; a prefill:K attack takes its first K
-    min_tokens: int = 10  # a shorter answer cannot fill a 10-token prefill
-    tries: int = 8  # seeded samples tried after a refused or short greedy answer
-    top_p: float = 0.95  # of those samples (temperature 1)
-    batch_size: int = 32  # prompts per batched decode
+    max_new_tokens: int = 48
+    """The answer's length; a prefill:K attack takes its first K tokens."""
+    min_tokens: int = 10
+    """A shorter answer cannot fill a 10-token prefill, so it does not count as compliant."""
+    tries: int = 8
+    """Seeded samples tried after a refused or short greedy answer."""
+    top_p: float = 0.95
+    """Nucleus of those samples (temperature 1)."""
+    batch_size: int = 32
+    """Prompts per batched decode."""
     seed: int = 0
+    """Seeds the samples."""
 
 
 def write_harmful_answers(
@@ -118,13 +126,10 @@ def write_harmful_answers(
     """
     done = read_answers(path)
     todo = [r for r in rows if r.id not in done]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        for i in range(0, len(todo), cfg.batch_size):
-            for a in _answer_batch(policy, todo[i : i + cfg.batch_size], cfg):
-                fh.write(json.dumps(asdict(a), ensure_ascii=False) + "\n")
-                done[a.prompt_id] = a
-            fh.flush()
+    for batch in batches(todo, cfg.batch_size):
+        got = _answer_batch(policy, batch, cfg)
+        append_jsonl(path, [asdict(a) for a in got])
+        done.update((a.prompt_id, a) for a in got)
     return done
 
 

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from saffron.errors import SaffronError
+from saffron.files import write_json, write_text
+
+REFERENCE = "best-of-n"  # the method whose compute the others are matched to, by default
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def _children(record: dict[str, Any], role: str) -> int | None:
     return int(record["reward_calls"][role]) if role == "guard" else None
 
 
-def reward_cost_lines(rows: list[dict[str, Any]], guard_cost: str) -> list[str]:
+def reward_cost_markdown(rows: list[dict[str, Any]], guard_cost: str) -> list[str]:
     """The markdown section of :func:`reward_cost`'s rows."""
     reading = (
         "as run (readout: a guard call on a child computes the new positions only)"
@@ -234,6 +237,17 @@ def reward_cost_lines(rows: list[dict[str, Any]], guard_cost: str) -> list[str]:
     return [*lines, ""]
 
 
+def _run_config(out: Path) -> dict[str, Any]:
+    """``out``'s ``config.json`` (empty when there is none or it does not parse)."""
+    import json
+
+    try:
+        cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def plot(cs: list[Cell], path: Path, title: str) -> None:
     """ASR vs TFLOP per prompt (log x), one line per method (the paper's Figure 2)."""
     import matplotlib
@@ -263,35 +277,54 @@ def plot(cs: list[Cell], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _run_config(out: Path) -> dict[str, Any]:
-    """``out``'s ``config.json`` (empty when there is none or it does not parse)."""
-    import json
-
-    try:
-        cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
 def report(
     records: list[dict[str, Any]],
     out: Path,
     *,
-    reference: str = "best-of-n",
+    reference: str = REFERENCE,
     reference_budget: int | None = None,
     tflop_lim: float | None = None,
 ) -> str:
     """Write ``metrics.json``, ``asr_vs_tflop.png`` and ``report.md`` into ``out``; return the
-    report's markdown."""
-    from saffron.eval.records import atomic_write_json
-
+    report's markdown: the metrics (:func:`cells`, :func:`matched`, :func:`versus`), their
+    markdown tables and the plot."""
     if not records:
         raise SaffronError(f"{out} holds no records yet")
     cs = cells(records)
     lim = tflop_lim or 10 * max(c.tflop for c in cs)
+    n_prompts = len({r["prompt_id"] for r in records})
+    lines = cells_markdown(cs, lim, n_prompts)
+    match: dict[str, Any] = {}
+    if any(c.method == reference for c in cs):
+        target, at = matched(cs, reference, reference_budget)
+        rows = versus(cs, reference)
+        match = {"reference": reference, "tflop": target, "asr": at, "versus": rows}
+        lines += matched_markdown(reference, target, at, rows)
+    costs = reward_cost(records)
+    guard_cost = _run_config(out).get("guard_cost", "readout")
+    if costs:
+        lines += reward_cost_markdown(costs, guard_cost)
+    plot(cs, out / "asr_vs_tflop.png", f"ASR vs compute ({n_prompts} prompts)")
+    lines.append("![ASR vs TFLOP](asr_vs_tflop.png)")
+    text = "\n".join(lines) + "\n"
+    write_json(
+        out / "metrics.json",
+        {
+            "cells": [c.__dict__ for c in cs],
+            "matched": match,
+            "tflop_lim": lim,
+            "reward_cost": {"guard_cost": guard_cost, "rows": costs},
+        },
+        sort_keys=True,
+    )
+    write_text(out / "report.md", text)
+    return text
+
+
+def cells_markdown(cs: list[Cell], lim: float, n_prompts: int) -> list[str]:
+    """The report's title and its table of every (method, budget), as markdown lines."""
     lines = [
-        f"# Evaluation report ({len({r['prompt_id'] for r in records})} prompts)",
+        f"# Evaluation report ({n_prompts} prompts)",
         "",
         "| method | budget | n | ASR (guard) | 95% CI | ASR (refusal rule) | judge reward | "
         "TFLOP/prompt | new tokens | wall s | ScalEff |",
@@ -304,56 +337,40 @@ def report(
             f"| {c.judge_reward:+.2f} | {c.tflop:.4f} | {c.tokens:.1f} "
             f"| {c.wall_s:.2f} | {scal_eff(c.asr, c.tflop, lim):.2f} |"
         )
-    lines += [
+    return [
+        *lines,
         "",
         f"ScalEff uses TFLOP_lim = {lim:.4f} (10× the largest mean TFLOP unless set).",
         "",
     ]
-    match: dict[str, Any] = {}
-    if any(c.method == reference for c in cs):
-        target, at = matched(cs, reference, reference_budget)
-        match = {"reference": reference, "tflop": target, "asr": at}
-        lines += [
-            f"## ASR at matched compute ({target:.4f} TFLOP, {reference})",
-            "",
-            "| method | ASR |",
-            "|---|---|",
-        ]
-        for m, v in at.items():
-            lines.append(f"| {m} | {'not covered' if v is None else f'{v:.3f}'} |")
-        rows = versus(cs, reference)
-        match["versus"] = rows
-        lines += [
-            "",
-            f"## Each method against {reference} at the same compute",
-            "",
-            f"| method | budget | TFLOP/prompt | ASR | {reference} ASR there | ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in rows:
-            ref_asr = "not covered" if r["reference_asr"] is None else f"{r['reference_asr']:.3f}"
-            ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
-            lines.append(
-                f"| {r['method']} | {r['budget']} | {r['tflop']:.4f} | {r['asr']:.3f} "
-                f"| {ref_asr} | {ratio} |"
-            )
-        lines.append("")
-    costs = reward_cost(records)
-    guard_cost = _run_config(out).get("guard_cost", "readout")
-    if costs:
-        lines += reward_cost_lines(costs, guard_cost)
-    title = f"ASR vs compute ({len({r['prompt_id'] for r in records})} prompts)"
-    plot(cs, out / "asr_vs_tflop.png", title)
-    lines.append("![ASR vs TFLOP](asr_vs_tflop.png)")
-    text = "\n".join(lines) + "\n"
-    atomic_write_json(
-        out / "metrics.json",
-        {
-            "cells": [c.__dict__ for c in cs],
-            "matched": match,
-            "tflop_lim": lim,
-            "reward_cost": {"guard_cost": guard_cost, "rows": costs},
-        },
-    )
-    (out / "report.md").write_text(text, encoding="utf-8")
-    return text
+
+
+def matched_markdown(
+    reference: str, target: float, at: dict[str, float | None], rows: list[dict[str, Any]]
+) -> list[str]:
+    """The matched-compute tables (:func:`matched` at ``target``, :func:`versus` rows) as
+    markdown lines."""
+    lines = [
+        f"## ASR at matched compute ({target:.4f} TFLOP, {reference})",
+        "",
+        "| method | ASR |",
+        "|---|---|",
+    ]
+    for m, v in at.items():
+        lines.append(f"| {m} | {'not covered' if v is None else f'{v:.3f}'} |")
+    lines += [
+        "",
+        f"## Each method against {reference} at the same compute",
+        "",
+        f"| method | budget | TFLOP/prompt | ASR | {reference} ASR there | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref_asr = "not covered" if r["reference_asr"] is None else f"{r['reference_asr']:.3f}"
+        ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r['tflop']:.4f} | {r['asr']:.3f} "
+            f"| {ref_asr} | {ratio} |"
+        )
+    lines.append("")
+    return lines

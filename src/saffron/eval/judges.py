@@ -18,12 +18,15 @@ is reported per judge (``safe_coherent_<judge>``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from saffron.data import is_refusal
 from saffron.errors import SaffronError
+from saffron.files import write_text
 
 JUDGES = ("guard", "independent", "degeneracy", "rule")
 SAFETY_JUDGES = ("guard", "independent", "rule")
@@ -162,3 +165,83 @@ def run_answers(records: Sequence[dict[str, Any]], prompts: dict[str, str]) -> l
         )
         for r in records
     ]
+
+
+JUDGED = "judged.jsonl"
+
+
+def judge_run(
+    folder: Path, scorers: dict[str, Scorer], degenerate_threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """Judge every record of the ``saffron eval`` folder with ``scorers``; write one line per
+    record (its key, then the verdicts) to ``folder/judged.jsonl`` atomically, and return the
+    lines. The request texts come from the run's dataset (``config.json``)."""
+    from saffron.data import load_prompts
+    from saffron.eval.records import load_records, record_key
+
+    records = load_records(folder)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    prompts = {r.id: r.prompt for r in load_prompts(cfg["dataset"])}
+    verdicts = judge_answers(run_answers(records, prompts), scorers, degenerate_threshold)
+    rows = []
+    for r, v in zip(records, verdicts, strict=True):
+        pid, method, budget = record_key(r)
+        rows.append({"prompt_id": pid, "method": method, "budget": budget, **v})
+    text = "".join(json.dumps(x, sort_keys=True) + "\n" for x in rows)
+    write_text(folder / JUDGED, text)
+    return rows
+
+
+def cell_rates(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """:func:`rates` per (method, budget), with ``n``."""
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((str(r["method"]), int(r["budget"])), []).append(r)
+    return {k: {"n": float(len(v)), **rates(v)} for k, v in sorted(cells.items())}
+
+
+DEGENERACY_FILE = "degeneracy.json"  # the embedded degeneracy judge, in the artifacts folder
+
+
+def load_scorers(
+    names: Sequence[str],
+    *,
+    guard: str = "smol-guard",
+    independent: str = "gemma-judge",
+    degeneracy: str | Path = DEGENERACY_FILE,
+) -> tuple[dict[str, Scorer], float]:
+    """Load the judges ``names`` (see :data:`JUDGES`): the guard by name on the embedded
+    policy's tokens, the independent judge by name, the degeneracy judge from its file (a name
+    in the artifacts folder, or a path) with its reference model. Returns the scorers and the
+    degeneracy threshold (0.5 when it is not asked for)."""
+    from saffron.lm.models import SMOLLM2, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import artifacts_dir
+    from saffron.reward.degeneracy import DegeneracyJudge, reference_scorer
+    from saffron.reward.loading import load_guard
+
+    out: dict[str, Scorer] = {}
+    threshold = 0.5
+    if "guard" in names:
+        chat = make_policy(load_model(SMOLLM2)).chat
+        out["guard"] = guard_scorer(load_guard(guard, chat.tokenizer), chat)
+    if "independent" in names:
+        out["independent"] = independent_scorer(independent)
+    if "degeneracy" in names:
+        path = Path(degeneracy)
+        judge = DegeneracyJudge.load(path if path.is_file() else artifacts_dir() / path)
+        ref = None
+        if judge.uses_reference:
+            m = load_model(judge.reference)
+            ref = reference_scorer(m.model.eval(), m.tokenizer)
+        out["degeneracy"] = degeneracy_scorer(judge, ref)
+        threshold = judge.threshold
+    if "rule" in names:
+        out["rule"] = lambda answers: []
+    return out, threshold
+
+
+def independent_scorer(name: str) -> Scorer:
+    """The independent judge ``name`` on the answers' text (re-tokenised by its own
+    tokenizer)."""
+    raise SaffronError(f"the independent judge {name!r} is not available yet")

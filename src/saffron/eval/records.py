@@ -16,21 +16,14 @@ write the same directory at once.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from saffron.errors import SaffronError
+from saffron.files import append_jsonl, complete_lines, write_json
 
 Key = tuple[str, str, int]
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 _GRID_KEYS = ("methods", "budgets", "method_budgets", "limit")
@@ -71,7 +64,7 @@ def claim_dir(out: Path, config: dict[str, Any]) -> None:
         if extends(config, old):  # the same run, or a part of it: resume, keep its config
             return
         if extends(old, config):  # the run grows
-            atomic_write_json(path, config)
+            write_json(path, config, sort_keys=True)
             return
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         raise SaffronError(
@@ -82,7 +75,7 @@ def claim_dir(out: Path, config: dict[str, Any]) -> None:
     if out.exists() and any(out.iterdir()):
         raise SaffronError(f"{out} is not empty and holds no Saffron run; use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, config)
+    write_json(path, config, sort_keys=True)
 
 
 class JsonlLog:
@@ -92,13 +85,7 @@ class JsonlLog:
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if path.is_file():
-            with open(path, "r+b") as fh:
-                # under the lock: another shard may be appending right now
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                raw = fh.read()
-                keep = raw[: raw.rfind(b"\n") + 1]  # drop a trailing partial line
-                if len(keep) != len(raw):
-                    fh.truncate(len(keep))
+            keep = complete_lines(path)  # another shard may be appending right now
             for lineno, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
                 try:
                     self.rows.append(json.loads(line))
@@ -106,12 +93,8 @@ class JsonlLog:
                     raise SaffronError(f"{path}:{lineno}: corrupt record; remove it") from None
 
     def append(self, row: dict[str, Any]) -> None:
-        line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-        with open(self.path, "ab") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # released on close
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append ``row`` as one line (locked, synced) and keep it in :attr:`rows`."""
+        append_jsonl(self.path, [row], sort_keys=True)
         self.rows.append(row)
 
 

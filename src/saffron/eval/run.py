@@ -53,25 +53,43 @@ class EvalConfig:
     """One evaluation run. ``split``: ``all`` rows, or the ``eval`` part held out from training."""
 
     dataset: str
+    """A prompt set name (``saffron datasets``) or a .jsonl file."""
     methods: tuple[str, ...]
+    """Search methods to run (``saffron methods``)."""
     budgets: tuple[int, ...]
+    """Budgets every method runs at, unless ``method_budgets`` gives its own."""
     attack: str = "prefill:10"
-    max_new_tokens: int = 32
-    min_new_tokens: int = 16
-    top_p: float = 0.8
-    temperature: float = 1.0
-    seed: int = 0
+    """``none``, ``prefill`` or ``prefill:K`` (see :mod:`saffron.eval.attack`)."""
+    max_new_tokens: int = SearchConfig.max_new_tokens
+    """Longest answer, in new tokens."""
+    min_new_tokens: int = SearchConfig.min_new_tokens
+    """Stop tokens are forbidden before this many new tokens."""
+    top_p: float = SearchConfig.top_p
+    """Nucleus of sampling and of Saffron's children."""
+    temperature: float = SearchConfig.temperature
+    """Softmax temperature of sampling."""
+    seed: int = SearchConfig.seed
+    """Seeds every search."""
     limit: int | None = None
+    """Only the first ``limit`` prompts (None: all)."""
     split: str = "eval"
+    """``eval`` (held out from training) or ``all`` rows."""
     policy: str = "smol-aligned"
-    attack_policy: str = ATTACK_POLICY  # writes the harmful answers a prefill:K attack uses
+    """The policy under attack."""
+    attack_policy: str = ATTACK_POLICY
+    """Writes the harmful answers a prefill:K attack uses where none is committed."""
     guard: str = "smol-guard"
+    """Guards the methods that need one and judges every answer."""
     mrm: str = "smol-mrm"
-    method_budgets: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per-method overrides
-    # the selection rule of methods that rank children (SearchConfig; others ignore them)
+    """The MRM of the methods that need one."""
+    method_budgets: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Per-method budgets instead of ``budgets``: ((method, budgets), …)."""
     logp_weight: float = SearchConfig.logp_weight
+    """β of the selection rule, handed to the methods that rank children (saffron, beam)."""
     logp_floor: float | None = SearchConfig.logp_floor
-    guard_cost: str = READOUT  # readout (as run) | suffix[:N] (saffron.reward.costing)
+    """δ of the selection rule, handed to the methods that rank children (saffron, beam)."""
+    guard_cost: str = READOUT
+    """How guard calls are billed: ``readout`` (as run) or ``suffix[:N]`` (reward.costing)."""
 
     def __post_init__(self) -> None:
         if not self.methods:

@@ -8,7 +8,6 @@ base by registry name, plus a ``meta.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from peft import PeftModel
 
 from saffron.errors import SaffronError
+from saffron.files import sha256_files, write_json
 from saffron.lm.models import LoadedModel, load_model
 from saffron.paths import artifacts_dir
 
@@ -32,7 +32,7 @@ def save_adapter(model: PeftModel, folder: Path, base_name: str) -> None:
     cfg_path = folder / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["base_model_name_or_path"] = base_name
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(cfg_path, cfg, sort_keys=True)
 
 
 def artifact_folder(name: str) -> Path:
@@ -48,11 +48,7 @@ def fingerprint(name: str) -> str | None:
     folder = artifact_folder(name)
     if not folder.is_dir():
         return None
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return sha256_files(sorted(folder.glob("*.safetensors")))[:16]
 
 
 def merged_adapter(
@@ -73,11 +69,19 @@ def merged_adapter(
         how = f" or run `saffron {trainer}`" if trainer else ""
         raise SaffronError(f"the {name} artifacts are missing in {folder}; reinstall Saffron{how}")
     base = load_model(base_name, dtype=dtype, device=device)
+    return merge_lora(base, folder, name, error=f"the {name} adapter in {folder} is corrupt")
+
+
+def merge_lora(base: LoadedModel, folder: Path, name: str, *, error: str) -> LoadedModel:
+    """``base`` with the PEFT LoRA adapter in ``folder`` merged into its weights, in eval mode,
+    renamed ``name`` (same tokenizer). ``base.model`` is mutated: the merge happens in place.
+
+    An adapter that cannot be read or does not fit raises SaffronError ``"<error>: <reason>"``.
+    """
     try:
-        peft_model = PeftModel.from_pretrained(base.model, str(folder))
+        merged = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SaffronError(f"the {name} adapter in {folder} is corrupt: {err}") from err
-    merged = peft_model.merge_and_unload()
+        raise SaffronError(f"{error}: {err}") from err
     merged.eval()
     return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
 

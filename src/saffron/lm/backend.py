@@ -302,18 +302,20 @@ class TrieBackend(Backend):
     """Trie-shared KV cache with a byte budget and LRU eviction of leaves.
 
     ``max_bytes`` bounds the bytes of cached positions (keys + values of every layer + hidden
-    state). When a call needs more room, least recently used leaves not needed by the call are
-    evicted; a call that alone needs more than the budget is refused.
+    state; None: ``DEFAULT_KV_BUDGET``). When a call needs more room, least recently used
+    leaves not needed by the call are evicted; a call that alone needs more than the budget is
+    refused.
     """
 
     def __init__(
         self,
         loaded: LoadedModel,
         *,
-        max_bytes: int = DEFAULT_KV_BUDGET,
+        max_bytes: int | None = None,
         max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> None:
         super().__init__(loaded, max_batch_tokens=max_batch_tokens)
+        max_bytes = DEFAULT_KV_BUDGET if max_bytes is None else max_bytes
         cfg = loaded.model.config
         n_heads = int(cfg.num_attention_heads)
         head_dim = int(getattr(cfg, "head_dim", None) or self.d_model // n_heads)

@@ -10,7 +10,10 @@ then pay for 60 positions of weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PAD_WASTE = 2  # a forward's padded new positions stay within this factor of its real ones
 
@@ -40,3 +43,9 @@ def chunk_sizes(sizes: Sequence[tuple[int, int]], max_tokens: int) -> list[list[
     if cur:
         chunks.append(cur)
     return chunks
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    """Consecutive slices of ``items`` of ``size`` elements (the last may be shorter)."""
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])

@@ -16,12 +16,8 @@ Loading never unpickles arbitrary objects (safetensors only) and never runs remo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +34,9 @@ from transformers import (
 )
 
 from saffron.errors import SaffronError
+from saffron.files import sha256_file, write_folder, write_json
 from saffron.paths import cache_dir
+from saffron.progress import progress
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
@@ -213,14 +211,6 @@ def smollm2_gguf_path() -> Path:
     raise SaffronError(f"the embedded model file {SMOLLM2_GGUF} is missing: {install}")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def smollm2_dir() -> Path:
     return cache_dir() / "models" / SMOLLM2
 
@@ -247,10 +237,45 @@ def ensure_smollm2() -> Path:
 
     The conversion dequantises Q4_1 weights to float32 (``from_pretrained(gguf_file=...)``),
     drops the GGUF quantisation config, and saves a plain Hugging Face folder with a checksum.
+    Its five stages show as a progress bar on stderr (:mod:`saffron.progress`).
     """
     folder = smollm2_dir()
     if _verify_converted(folder):
         return folder
+    with progress(5, "converting the embedded SmolLM2 (once)") as bar:
+        bar.set_postfix_str("checking the GGUF file")
+        gguf, digest = _checked_gguf()
+        bar.update()
+        bar.set_postfix_str("reading the tokenizer")
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        bar.update()
+        bar.set_postfix_str("dequantising")
+        quantised = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        bar.update()
+        bar.set_postfix_str("rebuilding")
+        plain = _plain_copy(quantised)
+        bar.update()
+        bar.set_postfix_str("saving")
+
+        def write(tmp: Path) -> None:
+            plain.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            marker = {
+                "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{SMOLLM2_GGUF}",
+                "source_sha256": digest,
+                "model_sha256": sha256_file(tmp / "model.safetensors"),
+            }
+            write_json(tmp / CONVERTED_MARKER, marker)
+
+        write_folder(folder, write)
+        bar.update()
+    return folder
+
+
+def _checked_gguf() -> tuple[Path, str]:
+    """The installed GGUF file and its sha256, refused unless it is the pinned one."""
     gguf = smollm2_gguf_path()
     digest = sha256_file(gguf)
     if digest != SMOLLM2_GGUF_SHA256:
@@ -258,30 +283,19 @@ def ensure_smollm2() -> Path:
             f"{gguf} has sha256 {digest}, expected {SMOLLM2_GGUF_SHA256}; "
             f"reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
         )
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    return gguf, digest
+
+
+def _plain_copy(quantised: PreTrainedModel) -> PreTrainedModel:
+    """A float32 model built from ``quantised``'s config without the GGUF quantisation config,
+    holding its (dequantised) weights: it saves as an ordinary Hugging Face folder."""
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config._name_or_path = SMOLLM2
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    marker = {
-        "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{SMOLLM2_GGUF}",
-        "source_sha256": digest,
-        "model_sha256": sha256_file(tmp / "model.safetensors"),
-    }
-    (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    return plain
 
 
 def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from saffron.lm.backend import Backend, PlainBackend, TrieBackend
+from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
 from saffron.lm.models import LoadedModel, load_model
 from saffron.types import TokenSequence
@@ -36,13 +37,7 @@ class Policy:
 
 def make_policy(loaded: LoadedModel, *, cache: bool = True, kv_budget: int | None = None) -> Policy:
     """Wrap a loaded model as a policy with a trie cache (``cache=False``: no cache)."""
-    backend: Backend
-    if cache:
-        backend = (
-            TrieBackend(loaded) if kv_budget is None else TrieBackend(loaded, max_bytes=kv_budget)
-        )
-    else:
-        backend = PlainBackend(loaded)
+    backend: Backend = TrieBackend(loaded, max_bytes=kv_budget) if cache else PlainBackend(loaded)
     gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
     extra = (
         tuple(gen_eos) if isinstance(gen_eos, list) else ((gen_eos,) if gen_eos is not None else ())
@@ -71,8 +66,8 @@ def bulk_greedy(
     eos = sorted(policy.chat.eos_ids)
     dev = next(model.parameters()).device
     out: list[tuple[int, ...]] = []
-    for i in range(0, len(seqs), batch_size):
-        part = [list(s.tokens) for s in seqs[i : i + batch_size]]
+    for chunk in batches(seqs, batch_size):
+        part = [list(s.tokens) for s in chunk]
         width = max(len(t) for t in part)
         ids = torch.tensor([[pad] * (width - len(t)) + t for t in part], device=dev)
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in part], device=dev)

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from saffron.errors import SaffronError
 from saffron.lm.backend import Backend
 from saffron.lm.chat import SENTINEL, split_template
+from saffron.lm.vocab import same_vocabulary
 from saffron.reward.base import Guard
 from saffron.types import TokenSequence
 
@@ -48,11 +49,6 @@ class VerdictHead(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         return hidden.float() @ self.diff.float() + self.bias
-
-
-def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
-    """True when both tokenizers map every token string to the same id."""
-    return a is b or a.get_vocab() == b.get_vocab()
 
 
 def single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:

@@ -41,7 +41,6 @@ def load_guard(
     ``policy_tokenizer`` is the tokenizer of the token ids the guard will be given (default: the
     guard's own). ``device``: the torch device the guard's network runs on.
     """
-    budget = {} if kv_budget is None else {"max_bytes": kv_budget}
     if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
         folder = adapter_dir(SMOL_GUARD) if name == SMOL_GUARD else Path(name)
         meta = (
@@ -53,7 +52,7 @@ def load_guard(
             meta.get("base", SMOLLM2), folder, name, trainer="train-guard", device=device
         )
         return ReadoutGuard(
-            TrieBackend(loaded, **budget),
+            TrieBackend(loaded, max_bytes=kv_budget),
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
             system=meta.get("system", GUARD_SYSTEM),
@@ -63,7 +62,7 @@ def load_guard(
     if name == LLAMA_GUARD or "/" in name:
         loaded = load_model(name, device=device)
         return SuffixGuard(
-            TrieBackend(loaded, **budget),
+            TrieBackend(loaded, max_bytes=kv_budget),
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
         )

@@ -22,17 +22,18 @@ whose tokenizer it was trained for; :meth:`MRM.check_policy` refuses any other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
-from saffron.lm.backend import Backend
+from saffron.lm.adapters import merge_lora
+from saffron.lm.backend import Backend, TrieBackend
+from saffron.lm.models import LoadedModel
+from saffron.lm.vocab import check_policy_vocabulary
 from saffron.reward.base import MultifurcationRM
 from saffron.types import Tokens, TokenSequence
 
@@ -41,16 +42,6 @@ MRM_FORMAT = "saffron-mrm/1"
 META_FILE = "meta.json"
 BIAS_FILE = "head_bias.safetensors"
 UNSEEN_FILE = "unseen_mask.safetensors"
-
-
-def vocab_hash(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Identity of a tokenizer's vocabulary: sha256 of its sorted (token, id) pairs.
-
-    Two tokenizers with the same hash map every token string to the same id, which is what
-    an MRM (indexed by token id) and a token-level reward dataset depend on.
-    """
-    pairs = sorted((str(k), int(v)) for k, v in tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -108,6 +99,18 @@ class RewardHead(nn.Module):
         return (hidden.float() * rows).sum(-1) + self.bias.index_select(0, tokens)
 
 
+@dataclass(frozen=True)
+class MRMParts:
+    """What an MRM adds to its network: name, input layout, head bias (V,) float32, unseen
+    mask (V,) bool and the metadata its folder recorded."""
+
+    name: str
+    layout: Layout
+    bias: Tensor
+    unseen: Tensor
+    meta: dict[str, object]
+
+
 class MRM(MultifurcationRM):
     """A multifurcation reward model on a backend (LoRA already merged into its weights).
 
@@ -140,18 +143,17 @@ class MRM(MultifurcationRM):
         self.meta = dict(meta or {})
 
     def check_policy(self, vocab_size: int, tokenizer_hash: str | None = None) -> None:
-        """Refuse a policy whose vocabulary differs from the one this MRM scores."""
-        if vocab_size != self.vocab_size:
-            raise SaffronError(
-                f"MRM {self.name!r} scores a vocabulary of {self.vocab_size} tokens but the "
-                f"policy has {vocab_size}; an MRM only works with its own policy's tokenizer"
-            )
+        """Refuse a policy whose vocabulary differs from the one this MRM scores
+        (:func:`saffron.lm.vocab.check_policy_vocabulary`; the hash when the folder recorded
+        one)."""
         ours = self.meta.get("policy_vocab_hash")
-        if tokenizer_hash is not None and ours is not None and ours != tokenizer_hash:
-            raise SaffronError(
-                f"MRM {self.name!r} was trained for another tokenizer (vocabulary hash "
-                f"{str(ours)[:12]}…, the policy's is {tokenizer_hash[:12]}…)"
-            )
+        check_policy_vocabulary(
+            self.name,
+            self.vocab_size,
+            vocab_size,
+            mrm_hash=None if ours is None else str(ours),
+            policy_hash=tokenizer_hash,
+        )
 
     def tokens(self, seq: TokenSequence) -> Tokens:
         return self.layout.tokens(seq)
@@ -191,3 +193,25 @@ class MRM(MultifurcationRM):
             full = self.backend.apply_head(h, self.head)  # (L, V), FLOPs counted
             out.append(full.float().gather(1, tok[:, None]).squeeze(1).cpu())
         return out
+
+
+def merged_mrm(
+    backbone: LoadedModel,
+    folder: Path,
+    parts: MRMParts,
+    *,
+    kv_budget: int | None = None,
+    error: str,
+) -> MRM:
+    """An MRM on a trie backend: ``backbone`` with the LoRA adapter in ``folder`` merged in
+    (``backbone.model`` is mutated), plus ``parts``. ``kv_budget``: the trie's byte budget
+    (None: the default). A bad adapter raises SaffronError ``"<error>: <reason>"``."""
+    loaded = merge_lora(backbone, folder, parts.name, error=error)
+    return MRM(
+        TrieBackend(loaded, max_bytes=kv_budget),
+        name=parts.name,
+        layout=parts.layout,
+        bias=parts.bias,
+        unseen=parts.unseen,
+        meta=parts.meta,
+    )

@@ -14,19 +14,18 @@ Format of a ``saffron train-mrm`` folder (``MRM_FORMAT`` = ``saffron-mrm/1``):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
 from saffron.errors import SaffronError
-from saffron.lm.backend import TrieBackend
+from saffron.files import read_format
 from saffron.lm.models import LoadedModel
 from saffron.lm.policy import Policy
+from saffron.lm.vocab import vocab_hash
 from saffron.reward.guard import ReadoutGuard
 from saffron.reward.loading import ARTIFACTS, load_guard
 from saffron.reward.mrm import (
@@ -36,7 +35,8 @@ from saffron.reward.mrm import (
     MRM_FORMAT,
     UNSEEN_FILE,
     Layout,
-    vocab_hash,
+    MRMParts,
+    merged_mrm,
 )
 from saffron.reward.released import is_released, load_released, released_layout
 
@@ -75,14 +75,14 @@ def _tensor(path: Path, key: str) -> Tensor:
 
 
 def read_meta(folder: Path) -> dict[str, object]:
-    path = folder / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SaffronError(f"the MRM metadata {path} is unreadable: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != MRM_FORMAT:
-        raise SaffronError(f"{path} is not a {MRM_FORMAT} metadata file")
-    return meta
+    """The ``meta.json`` of a ``saffron train-mrm`` folder; SaffronError when unreadable or of
+    another format."""
+    return read_format(
+        folder / META_FILE,
+        MRM_FORMAT,
+        unreadable="the MRM metadata {path} is unreadable",
+        kind="metadata file",
+    )
 
 
 def load_trained(
@@ -114,15 +114,12 @@ def load_trained(
             f"the MRM in {folder} scores {bias.shape[0]} tokens but its backbone "
             f"{backbone.name!r} has a vocabulary of {vocab}"
         )
-    try:
-        merged = PeftModel.from_pretrained(backbone.model, str(folder)).merge_and_unload()
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SaffronError(f"the MRM adapter in {folder} is corrupt: {err}") from err
-    merged.eval()
-    loaded = LoadedModel(name=name, model=merged, tokenizer=backbone.tokenizer)
-    budget = {} if kv_budget is None else {"max_bytes": kv_budget}
-    return MRM(
-        TrieBackend(loaded, **budget), name=name, layout=layout, bias=bias, unseen=unseen, meta=meta
+    return merged_mrm(
+        backbone,
+        folder,
+        MRMParts(name, layout, bias, unseen, meta),
+        kv_budget=kv_budget,
+        error=f"the MRM adapter in {folder} is corrupt",
     )
 
 

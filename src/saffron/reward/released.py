@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
-from saffron.lm.backend import TrieBackend
 from saffron.lm.models import LoadedModel, load_model
-from saffron.reward.mrm import MRM, Layout
+from saffron.reward.mrm import MRM, Layout, MRMParts, merged_mrm
 
 RELEASED_BASE = "meta-llama/Llama-Guard-3-1B"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -175,18 +173,16 @@ def load_released(
         vocab=base.model.get_output_embeddings().out_features,
         hidden=int(config.hidden_size),
     )
-    try:
-        merged = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload()
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise SaffronError(f"the adapter in {folder} does not fit {base.name}: {err}") from err
-    merged.eval()
-    loaded = LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
-    budget = {} if kv_budget is None else {"max_bytes": kv_budget}
-    return MRM(
-        TrieBackend(loaded, **budget),
-        name=name,
-        layout=released_layout(base.tokenizer),
-        bias=files.bias,
-        unseen=files.unseen,
-        meta={"format": "saffron-1-released", "base": files.base, "rank": files.rank},
+    meta: dict[str, object] = {
+        "format": "saffron-1-released",
+        "base": files.base,
+        "rank": files.rank,
+    }
+    parts = MRMParts(name, released_layout(base.tokenizer), files.bias, files.unseen, meta)
+    return merged_mrm(
+        base,
+        folder,
+        parts,
+        kv_budget=kv_budget,
+        error=f"the adapter in {folder} does not fit {base.name}",
     )

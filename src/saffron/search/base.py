@@ -72,14 +72,23 @@ class SearchConfig:
     """
 
     budget: int = 1
+    """Each method's width / samples knob (see ``saffron methods``); at least 1."""
     max_new_tokens: int = 32
+    """Longest answer, in new tokens (the paper's 32)."""
     min_new_tokens: int = 16
+    """Stop tokens are forbidden before this many new tokens (the paper's 16)."""
     top_p: float = 0.8
+    """Nucleus of sampling and of Saffron's children, in (0, 1] (the paper's 0.8)."""
     temperature: float = 1.0
+    """Softmax temperature of sampling, > 0."""
     seed: int = 0
+    """Seeds every random draw of the search."""
     options: tuple[tuple[str, Any], ...] = ()
+    """Method-specific (key, value) options, e.g. ``(("children", 4),)``."""
     logp_weight: float = 0.0
+    """β of the selection rule (saffron, beam): score = reward + β·log π; ≥ 0, 0 = the paper's."""
     logp_floor: float | None = None
+    """δ of the selection rule (saffron, beam): no child δ nats below the best; None = none."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -203,15 +212,25 @@ class MethodSpec:
     """
 
     name: str
+    """The registry name (``saffron methods``, ``--method``)."""
     fn: SearchFn
+    """Runs one search alone (the step function under :func:`drive`, metered)."""
     description: str
+    """One line for ``saffron methods``."""
     budget_meaning: str
+    """What ``budget`` counts for this method (samples, beam width, …)."""
     needs_guard: bool = False
+    """Whether the method calls a guard."""
     needs_mrm: bool = False
+    """Whether the method calls an MRM."""
     steps: StepFn | None = None
+    """The step function, the method's one implementation."""
     min_budget: int = 1
+    """The smallest budget at which the method is a search, not plain decoding."""
     min_budget_why: str = ""
+    """Why a smaller budget is refused (the end of its error message)."""
     ranks_children: bool = False
+    """Whether the method ranks children by reward and honours ``logp_weight``/``logp_floor``."""
 
     @property
     def uses_reward_model(self) -> bool:
@@ -282,12 +301,21 @@ def metered(world: World) -> Iterator[Compute]:
         out.per_model = {role: backends[role].compute.minus(before[role]) for role in backends}
 
 
+NEEDS = {"guard": "a guard model", "mrm": "a multifurcation reward model (MRM)"}
+
+
+def missing(method: str, role: str) -> SaffronError:
+    """The error for a world without the ``role`` (``guard`` or ``mrm``) that ``method`` needs:
+    the one message both :func:`check_needs` and a step function's own check give."""
+    return SaffronError(f"method {method!r} needs {NEEDS[role]}")
+
+
 def check_needs(spec: MethodSpec, world: World) -> None:
     """SaffronError when ``world`` lacks a model the method needs."""
     if spec.needs_guard and world.guard is None:
-        raise SaffronError(f"method {spec.name!r} needs a guard model")
+        raise missing(spec.name, "guard")
     if spec.needs_mrm and world.mrm is None:
-        raise SaffronError(f"method {spec.name!r} needs a multifurcation reward model (MRM)")
+        raise missing(spec.name, "mrm")
 
 
 def check_budget(spec: MethodSpec, budget: int) -> None:

@@ -49,8 +49,9 @@ from torch import Tensor
 
 from saffron.errors import SaffronError
 from saffron.lm.policy import Policy
+from saffron.lm.vocab import check_policy_vocabulary
 from saffron.reward.base import Guard, MultifurcationRM
-from saffron.search.base import SearchConfig, World
+from saffron.search.base import SearchConfig, World, missing
 from saffron.search.decoding import is_finished
 from saffron.types import TokenSequence
 
@@ -109,9 +110,9 @@ def child(policy: Policy, cfg: SearchConfig, parent: Node, token: int, logp: flo
 
 
 def require_guard(world: World, method: str) -> Guard:
-    """The world's guard, or SaffronError (same message as :func:`run_search`)."""
+    """The world's guard, or SaffronError (the message of :func:`~saffron.search.base.missing`)."""
     if world.guard is None:
-        raise SaffronError(f"method {method!r} needs a guard model")
+        raise missing(method, "guard")
     return cast(Guard, world.guard)
 
 
@@ -119,15 +120,12 @@ def require_mrm(world: World, method: str) -> MultifurcationRM:
     """The world's MRM, checked to score the policy's vocabulary (paper: an MRM is tied to the
     policy's tokenizer, its output is indexed by the policy's token ids)."""
     if world.mrm is None:
-        raise SaffronError(f"method {method!r} needs a multifurcation reward model (MRM)")
+        raise missing(method, "mrm")
     mrm = cast(MultifurcationRM, world.mrm)
-    theirs, ours = int(mrm.vocab_size), int(world.policy.vocab_size)
-    if theirs != ours:
-        name = getattr(mrm, "name", "?")
-        raise SaffronError(
-            f"MRM {name!r} scores a vocabulary of {theirs} tokens, policy "
-            f"{world.policy.name!r} has {ours}; an MRM only works with its own policy's tokenizer"
-        )
+    name = str(getattr(mrm, "name", "?"))
+    check_policy_vocabulary(
+        name, int(mrm.vocab_size), int(world.policy.vocab_size), policy=world.policy.name
+    )
     return mrm
 
 

@@ -4,5 +4,5 @@ Layers: :mod:`~saffron.serve.schemas` (request bodies), :mod:`~saffron.serve.pro
 (messages → token sequence), :mod:`~saffron.serve.protocol` (request → plan, outcome →
 response), :mod:`~saffron.serve.engine` (bounded queue, one worker thread that owns the
 models), :mod:`~saffron.serve.metrics` (Prometheus), :mod:`~saffron.serve.app` (routes),
-:mod:`~saffron.serve.cli` (the subcommand).
+the subcommand is :mod:`saffron.cli.serve`.
 """

@@ -41,6 +41,7 @@ from saffron.search.decoding import decode_batch, ended_by_eos
 from saffron.types import Compute, ModelCompute, TokenSequence
 
 log = logging.getLogger("saffron.serve")
+QUEUE_SIZE = 64  # waiting requests beyond which a new one gets 429
 
 
 class QueueFull(Exception):
@@ -195,7 +196,7 @@ class Engine:
     Bound to the event loop of its first :meth:`submit`; :meth:`close` stops it.
     """
 
-    def __init__(self, world: World, *, queue_size: int = 64, max_batch: int = 1) -> None:
+    def __init__(self, world: World, *, queue_size: int = QUEUE_SIZE, max_batch: int = 1) -> None:
         if queue_size < 1 or max_batch < 1:
             raise SaffronError("queue size and max concurrency must be ≥ 1")
         self.world, self.queue_size, self.max_batch = world, queue_size, max_batch

@@ -35,15 +35,25 @@ class ServeSettings:
     """
 
     api_key: str | None = None
+    """The bearer key every request must carry (None: no authentication)."""
     max_body_bytes: int = 1 << 20
+    """Largest request body; a larger one gets 413."""
     max_tokens_limit: int = 512
+    """Largest ``max_tokens`` a request may ask for."""
     default_max_tokens: int = 64
+    """``max_tokens`` of a request that gives none."""
     min_tokens: int = 16
+    """Stop tokens are forbidden before this many new tokens (capped at ``max_tokens``)."""
     default_budget: int = 4
+    """Search budget of a request that gives none."""
     max_budget: int = 32
+    """Largest ``saffron.budget`` a request may ask for."""
     top_p: float = 0.8
+    """Nucleus of a request that gives none."""
     temperature: float = 1.0
+    """Temperature of a request that gives none."""
     methods: tuple[str, ...] = ()
+    """Methods served as model ids (empty: every method the world can run)."""
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_tokens_limit", "default_max_tokens", "max_budget"):

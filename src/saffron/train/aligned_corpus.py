@@ -27,7 +27,6 @@ is reported beside the ASR by its own judge).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +37,8 @@ from tqdm import tqdm
 from saffron.data import PromptRow, is_refusal, load_prompts, says_refusal
 from saffron.data.gold import GoldItem
 from saffron.data.prompts import BENIGN_PLAIN_TRAIN, BENIGN_TRAIN, validation_split
+from saffron.files import append_jsonl
+from saffron.lm.batching import batches
 from saffron.lm.policy import Policy
 from saffron.reward.degeneracy import DegeneracyJudge, feature_rows
 from saffron.search.base import SearchConfig
@@ -108,26 +109,21 @@ def build_aligned_corpus(
     (resumable: lines are keyed by job id); return every item of the file."""
     done = {it.id for it in read_corpus(path)}
     todo = [j for j in jobs if j.id not in done]
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = SearchConfig(max_new_tokens=max_new_tokens, min_new_tokens=0, top_p=0.8, seed=seed)
     chat = policy.chat
-    with (
-        open(path, "a", encoding="utf-8") as out,
-        tqdm(total=len(todo), desc=f"corpus {policy_name}") as bar,
-    ):
-        for b in range(0, len(todo), batch_size):
-            batch = todo[b : b + batch_size]
+    with tqdm(total=len(todo), desc=f"corpus {policy_name}") as bar:
+        for i, batch in enumerate(batches(todo, batch_size)):
             seqs = [chat.sequence(j.prompt, prefill_tokens=j.prefill) for j in batch]
             outs = decode_batch(
                 policy,
                 seqs,
                 replace(cfg, temperature=1.0),
                 greedy=False,
-                gen=generator(cfg, salt=len(done) + b),
+                gen=generator(cfg, salt=len(done) + i * batch_size),
             )
             policy.backend.clear()
-            for j, s in zip(batch, outs, strict=True):
-                item = CorpusItem(
+            items = [
+                CorpusItem(
                     id=j.id,
                     prompt=j.prompt,
                     harmful=j.harmful,
@@ -137,8 +133,9 @@ def build_aligned_corpus(
                     response_tokens=list(s.generated),
                     response=chat.decode(s.generated),
                 )
-                out.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
-            out.flush()
+                for j, s in zip(batch, outs, strict=True)
+            ]
+            append_jsonl(path, [asdict(it) for it in items])
             bar.update(len(batch))
     return read_corpus(path)
 

@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from saffron.data import PromptRow
 from saffron.data.prompts import rows_of_split
+from saffron.files import append_jsonl
+from saffron.lm.batching import batches
 from saffron.lm.policy import Policy
 from saffron.search.base import SearchConfig
 from saffron.search.decoding import decode_batch, generator, greedy_starts
 from saffron.train.texts import OPENERS, benign_prompts, refusal
 
 HARMFUL_SETS = ("advbench", "harmbench", "strongreject", "donotanswer")
+N_BENIGN = 200  # benign prompts in the corpus
 OWN_START = "policy-ownstart"
 REDIRECT = "policy-redirect"
 # what the policy reads instead of the request for a REDIRECT job (the guard never sees it)
@@ -127,71 +131,70 @@ def read_corpus(path: Path) -> list[CorpusItem]:
         return [CorpusItem(**json.loads(line)) for line in fh if line.strip()]
 
 
-def _batches(items: list[Job], size: int) -> Iterator[list[Job]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def build_corpus(
     policy: Policy,
     path: Path,
     *,
     seed: int = 0,
     per_set: int | None = None,
-    n_benign: int = 200,
+    n_benign: int = N_BENIGN,
     max_new_tokens: int = 40,
     prefill_tokens: int = 10,
     batch_size: int = 32,
     own_start: bool = False,
     redirect: bool = False,
 ) -> list[CorpusItem]:
-    """Produce (or finish producing) the corpus at ``path``; return all its items."""
+    """Produce (or finish producing) the corpus at ``path``; return all its items.
+
+    Jobs already in the file are skipped; each batch's items are appended as whole lines, so a
+    killed build resumes. Batches alternate sampling temperature 0.7 and 1.0.
+    """
     jobs = plan(training_prompts(seed, per_set), n_benign, seed, own_start, redirect)
     done = {it.id for it in read_corpus(path)}
     todo = [j for j in jobs if j.id not in done]
-    path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"refusals:{seed}")
     cfg = SearchConfig(max_new_tokens=max_new_tokens, min_new_tokens=0, top_p=0.9, seed=seed)
-    chat = policy.chat
-    eos = min(chat.eos_ids)
-    with open(path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="corpus") as bar:
-        for b, batch in enumerate(_batches(todo, batch_size)):
-            items: list[CorpusItem] = []
+    with tqdm(total=len(todo), desc="corpus") as bar:
+        for b, batch in enumerate(batches(todo, batch_size)):
             sampled = [j for j in batch if j.kind != "refusal"]
-            starts = _own_starts(
-                policy, [j for j in sampled if j.kind in (OWN_START, REDIRECT)], prefill_tokens
-            )
-            seqs = [
-                chat.sequence(
-                    REDIRECT_INSTRUCTION.format(prompt=j.prompt)
-                    if j.kind == REDIRECT
-                    else j.prompt,
-                    prefill_tokens=starts[j.id]
-                    if j.id in starts
-                    else chat.encode(j.prefill)[:prefill_tokens],
-                )
-                for j in sampled
-            ]
-            temp = 0.7 if b % 2 == 0 else 1.0
-            outs = decode_batch(
-                policy,
-                seqs,
-                replace(cfg, temperature=temp),
-                greedy=False,
-                gen=generator(cfg, salt=len(done) + b),
-            )
-            policy.backend.clear()
-            for j, s in zip(sampled, outs, strict=True):
-                items.append(_item(j, s.prefill, s.generated, chat.decode))
-            for j in batch:
-                if j.kind == "refusal":
-                    toks = (*chat.encode(refusal(rng)), eos)
-                    items.append(_item(j, (), toks, chat.decode))
-            for it in items:
-                out.write(json.dumps(asdict(it), ensure_ascii=False) + "\n")
-            out.flush()
+            temp = replace(cfg, temperature=0.7 if b % 2 == 0 else 1.0)
+            gen = generator(cfg, salt=len(done) + b)
+            items = _sampled(policy, sampled, temp, gen, prefill_tokens)
+            items += [_written_refusal(policy, j, rng) for j in batch if j.kind == "refusal"]
+            append_jsonl(path, [asdict(it) for it in items])
             bar.update(len(batch))
     return read_corpus(path)
+
+
+def _sampled(
+    policy: Policy,
+    jobs: list[Job],
+    cfg: SearchConfig,
+    gen: torch.Generator,
+    prefill_tokens: int,
+) -> list[CorpusItem]:
+    """The policy's sampled responses to ``jobs`` (one batched decode), each after its prefill:
+    the policy's own greedy start (``OWN_START``, ``REDIRECT``), else the job's opener."""
+    chat = policy.chat
+    own = [j for j in jobs if j.kind in (OWN_START, REDIRECT)]
+    starts = _own_starts(policy, own, prefill_tokens)
+    seqs = [
+        chat.sequence(
+            REDIRECT_INSTRUCTION.format(prompt=j.prompt) if j.kind == REDIRECT else j.prompt,
+            prefill_tokens=starts.get(j.id, chat.encode(j.prefill)[:prefill_tokens]),
+        )
+        for j in jobs
+    ]
+    outs = decode_batch(policy, seqs, cfg, greedy=False, gen=gen)
+    policy.backend.clear()
+    return [_item(j, s.prefill, s.generated, chat.decode) for j, s in zip(jobs, outs, strict=True)]
+
+
+def _written_refusal(policy: Policy, job: Job, rng: random.Random) -> CorpusItem:
+    """A written refusal drawn from ``rng`` as ``job``'s response, ending in EOS."""
+    chat = policy.chat
+    toks = (*chat.encode(refusal(rng)), min(chat.eos_ids))
+    return _item(job, (), toks, chat.decode)
 
 
 def _own_starts(policy: Policy, jobs: list[Job], k: int) -> dict[str, tuple[int, ...]]:

@@ -16,24 +16,32 @@ LoRA sits on the upper layers only, so the backward pass stops halfway down the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from saffron.data import ScorerRow, is_refusal, load_scorer_rows
 from saffron.errors import SaffronError
-from saffron.lm.adapters import save_adapter
+from saffron.files import unit_hash
 from saffron.lm.models import LoadedModel
 from saffron.reward.guard import GUARD_SYSTEM, guard_template, single_token
 from saffron.train.corpus import REDIRECT, CorpusItem
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    config_dict,
+    mean,
+    run_loop,
+    save_trained,
+)
 
 HUMAN_HELDOUT_FRACTION = 0.3
 MAX_PROMPT_TOKENS = 96
@@ -55,7 +63,7 @@ def rule_unsafe(harmful_prompt: bool, response: str, prompt: str = "") -> bool:
 def human_heldout(row: ScorerRow) -> bool:
     """Whether a human-labelled row is held out for validation (stable hash of its text)."""
     key = f"{row.objective}\x00{row.response}".encode()
-    return int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 < HUMAN_HELDOUT_FRACTION
+    return unit_hash(key) < HUMAN_HELDOUT_FRACTION
 
 
 @dataclass(frozen=True)
@@ -108,22 +116,35 @@ def guard_examples(
 
 @dataclass(frozen=True)
 class GuardTrainConfig:
+    """Settings of ``saffron train-guard`` (defaults: the embedded smol-guard)."""
+
     seed: int = 0
+    """Seeds the LoRA initialisation and the example order."""
     epochs: int = 1
+    """Passes over the examples."""
     batch_size: int = 8
+    """Examples per optimiser step."""
     lr: float = 3e-4
+    """Peak learning rate (20 warm-up steps, then linear decay to 0)."""
     rank: int = 16
+    """LoRA rank."""
     alpha: int = 32
-    first_layer: int = 14  # LoRA on layers first_layer … last
+    """LoRA alpha (the command line sets 2 × rank)."""
+    first_layer: int = 14
+    """LoRA on layers first_layer … last."""
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+    """Modules with a LoRA adapter."""
     safe_word: str = " safe"
+    """The verdict token whose logit counts for safe (one token)."""
     unsafe_word: str = " unsafe"
-    # exponent of each source's minority-class weight (see class_weights); 0 = unweighted
+    """The verdict token whose logit counts for unsafe (one token)."""
     balance: float = 0.0
-    # loss weight of the human-labelled rows relative to the rule-labelled corpus (before the
-    # mean-1 rescaling): where the two disagree (a harmful request answered with one of the
-    # rule's topic words in it), this sets which one the guard follows
+    """Exponent of each source's minority-class weight (see class_weights); 0 = unweighted."""
     human_weight: float = 1.0
+    """Loss weight of the human-labelled rows against the rule-labelled corpus.
+
+    Applied before the mean-1 rescaling: where the two disagree (a harmful request answered
+    with one of the rule's topic words in it), this sets which one the guard follows."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
@@ -231,18 +252,11 @@ def train_guard(
     torch.manual_seed(cfg.seed)
     dev = next(base.model.parameters()).device
     tok = base.tokenizer
-    safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
-    prefix, infix = template_ids(tok)
-    n_layers = int(base.model.config.num_hidden_layers)
-    spec = LoraSpec(cfg.rank, cfg.alpha, cfg.targets, min(cfg.first_layer, n_layers - 1))
-    model = add_lora(base.model, spec)
-    model.train()
+    template = (*template_ids(tok), int(tok.pad_token_id or 0))
+    model, diff = _add_guard_lora(base, cfg)
     decoder: nn.Module = base.model.base_model  # the decoder inside, now carrying LoRA layers
-    head_w = base.model.get_output_embeddings().weight.detach()
-    diff = (head_w[safe_id] - head_w[unsafe_id]).clone()  # reward = diff · h
     params = [p for p in model.parameters() if p.requires_grad]
     weights = torch.tensor(source_weights(examples, cfg.balance, cfg.human_weight), device=dev)
-    pad = int(tok.pad_token_id or 0)
     loop = LoopConfig(
         seed=cfg.seed,
         epochs=cfg.epochs,
@@ -256,21 +270,15 @@ def train_guard(
     losses = run_loop(
         adamw([{"params": params}], cfg.lr),
         [len(ex.prompt) + len(ex.response) for ex in examples],
-        lambda idx: guard_loss(
-            decoder,
-            diff,
-            [examples[i] for i in idx],
-            weights[idx],
-            (prefix, infix, pad),
-        ),
+        lambda idx: guard_loss(decoder, diff, [examples[i] for i in idx], weights[idx], template),
         loop,
     )
-    meta = {
+    meta: dict[str, object] = {
         "base": base.name,
         "safe_token": cfg.safe_word,
         "unsafe_token": cfg.unsafe_word,
         "system": GUARD_SYSTEM,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "config": config_dict(cfg),
         "examples": len(examples),
         "examples_by_source": _count(examples),
         "steps": len(losses),
@@ -278,13 +286,21 @@ def train_guard(
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
 
-    def write(tmp: Path) -> None:
-        save_adapter(model, tmp, base.name)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-    # written beside the target, then swapped in: a failed run never leaves half an adapter
-    save_folder(out_dir, write)
+    save_trained(out_dir, model, base.name, meta)
     return meta
+
+
+def _add_guard_lora(base: LoadedModel, cfg: GuardTrainConfig) -> tuple[PeftModel, Tensor]:
+    """Inject the LoRA adapter into ``base.model`` (mutated, in training mode); return the
+    PEFT wrapper and the reward direction ``w_safe − w_unsafe`` of the LM head (d,)."""
+    tok = base.tokenizer
+    safe_id, unsafe_id = single_token(tok, cfg.safe_word), single_token(tok, cfg.unsafe_word)
+    n_layers = int(base.model.config.num_hidden_layers)
+    spec = LoraSpec(cfg.rank, cfg.alpha, cfg.targets, min(cfg.first_layer, n_layers - 1))
+    model = add_lora(base.model, spec)
+    model.train()
+    head_w = base.model.get_output_embeddings().weight.detach()
+    return model, (head_w[safe_id] - head_w[unsafe_id]).clone()  # reward = diff · h
 
 
 def _count(examples: list[GuardExample]) -> dict[str, dict[str, int]]:

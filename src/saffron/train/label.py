@@ -7,7 +7,7 @@ process reward r_j = R(prompt, response[: j + 1]) from :meth:`Guard.score_prefix
 Format (``LABEL_FORMAT`` = ``saffron-token-rewards/1``), a folder:
 
 * ``meta.json`` — ``format``, ``guard``, ``policy``, ``policy_vocab_hash`` (sha256 of the sorted
-  (token, id) pairs, :func:`saffron.reward.mrm.vocab_hash`), ``vocab_size``, ``corpus`` (path),
+  (token, id) pairs, :func:`saffron.lm.vocab.vocab_hash`), ``vocab_size``, ``corpus`` (path),
   ``corpus_sha256``, ``count`` (items), ``shard_size``, ``max_prompt_tokens``, ``shards``,
   ``complete``; rewritten atomically.
 * ``shard-00000.safetensors`` … — items ``[k·shard_size, (k+1)·shard_size)`` of the corpus, in
@@ -24,12 +24,9 @@ A corrupt shard is reported by name and left alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +37,11 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from saffron.errors import SaffronError
+from saffron.files import read_format, sha256_file, write_json, write_with
+from saffron.lm.batching import batches
 from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
+from saffron.lm.vocab import vocab_hash
 from saffron.reward.base import Guard
-from saffron.reward.mrm import vocab_hash
 from saffron.train.corpus import CorpusItem, read_corpus
 from saffron.types import TokenSequence
 
@@ -53,9 +52,14 @@ _ARRAYS = ("prompt_tokens", "prompt_offsets", "response_tokens", "response_offse
 
 @dataclass(frozen=True)
 class LabelConfig:
-    shard_size: int = 256  # corpus items per shard file
-    batch_size: int = 16  # items per guard call
-    max_prompt_tokens: int = 256  # longer prompts are cut (recorded in meta)
+    """Settings of ``saffron label``."""
+
+    shard_size: int = 256
+    """Corpus items per shard file."""
+    batch_size: int = 16
+    """Items per guard call."""
+    max_prompt_tokens: int = 256
+    """Longer prompts are cut to this many tokens (recorded in meta)."""
 
     def __post_init__(self) -> None:
         if min(self.shard_size, self.batch_size, self.max_prompt_tokens) < 1:
@@ -89,10 +93,6 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         raise SaffronError(f"could not load the tokenizer of {name!r}: {err}") from err
 
 
-def sha256_text(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- shards -----------------------------------------------------------------------------------
 
 
@@ -124,14 +124,7 @@ def write_shard(path: Path, items: list[LabelledItem]) -> None:
         "ids": json.dumps([it.id for it in items]),
         "kinds": json.dumps([it.kind for it in items]),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_with(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
 
 
 def read_shard(path: Path) -> list[LabelledItem]:
@@ -168,24 +161,13 @@ def read_shard(path: Path) -> list[LabelledItem]:
 # --- the dataset ------------------------------------------------------------------------------
 
 
-def _write_meta(folder: Path, meta: dict[str, object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, folder / META)
-
-
 def read_meta(folder: Path) -> dict[str, object]:
+    """The ``meta.json`` of a label dataset; SaffronError when absent, corrupt or another
+    format."""
     path = folder / META
     if not path.is_file():
         raise SaffronError(f"{folder} is not a label dataset (no {META}); run `saffron label`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SaffronError(f"{path} is corrupt: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != LABEL_FORMAT:
-        raise SaffronError(f"{path} is not a {LABEL_FORMAT} dataset")
-    return meta
+    return read_format(path, LABEL_FORMAT, unreadable="{path} is corrupt", kind="dataset")
 
 
 _IDENTITY = (
@@ -200,11 +182,6 @@ _IDENTITY = (
 )
 
 
-def _batches(items: list[CorpusItem], size: int) -> Iterator[list[CorpusItem]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def label_items(
     guard: Guard,
     items: list[CorpusItem],
@@ -214,7 +191,7 @@ def label_items(
     """Label ``items`` with ``guard``, ``cfg.batch_size`` per call; the guard's cache is
     cleared after each call (items share nothing but a template, and memory stays bounded)."""
     out: list[LabelledItem] = []
-    for batch in _batches(items, cfg.batch_size):
+    for batch in batches(items, cfg.batch_size):
         prompts = [tuple(encode(it.prompt))[: cfg.max_prompt_tokens] for it in batch]
         seqs = [
             TokenSequence((), p, (), tuple(it.prefill_tokens), tuple(it.response_tokens))
@@ -252,22 +229,56 @@ def label_corpus(
     items = read_corpus(corpus_path)
     if not items:
         raise SaffronError(f"corpus file {corpus_path} is empty; nothing to label")
-    n_shards = -(-len(items) // cfg.shard_size)
-    meta: dict[str, object] = {
+    names = {"guard": guard_name, "guard_weights": guard_weights, "policy": policy_name}
+    meta = _meta(names, policy_tokenizer, corpus_path, len(items), cfg)
+    done = _resumable(out_dir, meta, items, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / META, meta)
+    encode = lambda t: policy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    todo = [k for k in range(int(str(meta["shards"]))) if k not in set(done)]
+    t0 = time.perf_counter()
+    with tqdm(total=len(items), initial=len(items) - _count(todo, cfg, items), desc="label") as bar:
+        for k in todo:
+            part = items[k * cfg.shard_size : (k + 1) * cfg.shard_size]
+            write_shard(shard_path(out_dir, k), label_items(guard, part, encode, cfg))
+            bar.update(len(part))
+    meta.update(complete=True, label_seconds=round(time.perf_counter() - t0, 1))
+    write_json(out_dir / META, meta)
+    return meta
+
+
+def _meta(
+    names: dict[str, str | None],
+    policy_tokenizer: PreTrainedTokenizerBase,
+    corpus_path: Path,
+    count: int,
+    cfg: LabelConfig,
+) -> dict[str, object]:
+    """The dataset's ``meta.json`` before labelling (``complete`` False); ``names`` holds
+    ``guard``, ``guard_weights`` and ``policy``."""
+    return {
         "format": LABEL_FORMAT,
-        "guard": guard_name,
-        "guard_weights": guard_weights,
-        "policy": policy_name,
+        "guard": names["guard"],
+        "guard_weights": names["guard_weights"],
+        "policy": names["policy"],
         "policy_vocab_hash": vocab_hash(policy_tokenizer),
         "vocab_size": len(policy_tokenizer),
         "corpus": str(corpus_path),
-        "corpus_sha256": sha256_text(corpus_path),
-        "count": len(items),
+        "corpus_sha256": sha256_file(corpus_path),
+        "count": count,
         "shard_size": cfg.shard_size,
         "max_prompt_tokens": cfg.max_prompt_tokens,
-        "shards": n_shards,
+        "shards": -(-count // cfg.shard_size),
         "complete": False,
     }
+
+
+def _resumable(
+    out_dir: Path, meta: dict[str, object], items: list[CorpusItem], cfg: LabelConfig
+) -> list[int]:
+    """The shards already in ``out_dir`` that a run with ``meta`` keeps, each validated;
+    SaffronError when ``out_dir`` holds labels of another identity or a shard that does not
+    match the corpus (before anything is written)."""
     if (out_dir / META).is_file():
         old = read_meta(out_dir)
         diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
@@ -276,25 +287,13 @@ def label_corpus(
                 f"{out_dir} holds labels made with a different {', '.join(diff)}; "
                 "choose another --out or delete it"
             )
-    done = [k for k in range(n_shards) if shard_path(out_dir, k).is_file()]
-    for k in done:  # validate every kept shard before computing anything
+    done = [k for k in range(int(str(meta["shards"]))) if shard_path(out_dir, k).is_file()]
+    for k in done:
         ids = [it.id for it in read_shard(shard_path(out_dir, k))]
         want = [it.id for it in items[k * cfg.shard_size : (k + 1) * cfg.shard_size]]
         if ids != want:
             raise SaffronError(f"label shard {shard_path(out_dir, k)} does not match the corpus")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_meta(out_dir, meta)
-    encode = lambda t: policy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
-    todo = [k for k in range(n_shards) if k not in set(done)]
-    t0 = time.perf_counter()
-    with tqdm(total=len(items), initial=len(items) - _count(todo, cfg, items), desc="label") as bar:
-        for k in todo:
-            part = items[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-            write_shard(shard_path(out_dir, k), label_items(guard, part, encode, cfg))
-            bar.update(len(part))
-    meta.update(complete=True, label_seconds=round(time.perf_counter() - t0, 1))
-    _write_meta(out_dir, meta)
-    return meta
+    return done
 
 
 def _count(todo: list[int], cfg: LabelConfig, items: list[CorpusItem]) -> int:

@@ -1,6 +1,6 @@
 """The one training skeleton every trainer shares: LoRA injection, length-grouped shuffled
 batches, AdamW with parameter groups, an optional warm-up / linear-decay schedule and gradient
-clipping, a progress bar, and an atomic save of the output folder.
+clipping, a progress bar, and the output folder written whole (:func:`saffron.files.write_folder`).
 
 The guard (``train-guard``), the MRM (``train-mrm``) and the policy (``train-policy``) differ
 only in their data and their loss, which each passes in as a function of a batch of example
@@ -10,12 +10,9 @@ indices; this module owns everything else.
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from saffron.errors import SaffronError
+from saffron.files import write_folder, write_json
+from saffron.lm.adapters import save_adapter
 
 
 @dataclass(frozen=True)
@@ -159,27 +158,29 @@ def run_loop(
     return losses
 
 
-def save_folder(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a fresh folder beside ``out_dir``, then swap it into place.
+def config_dict(cfg: Any) -> dict[str, object]:
+    """A config dataclass's fields as JSON values (tuples become lists), for ``meta.json``."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
 
-    A failed or killed run never leaves half a folder, and the old one stays until the new one
-    is complete.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}-old-{os.getpid()}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+def save_trained(
+    out_dir: Path,
+    model: PeftModel,
+    base_name: str,
+    meta: dict[str, object],
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write the LoRA adapter of ``model`` (naming its base ``base_name``), ``meta.json`` and
+    whatever ``extra(folder)`` adds, into ``out_dir`` whole: built beside it and swapped in, so
+    a failed run never leaves half an artifact and the old one stays until then."""
+
+    def write(tmp: Path) -> None:
+        save_adapter(model, tmp, base_name)
+        if extra is not None:
+            extra(tmp)
+        write_json(tmp / "meta.json", meta)
+
+    write_folder(out_dir, write)
 
 
 def mean(xs: Sequence[float]) -> float | None:

@@ -32,8 +32,6 @@ supervised, since corpus responses that finished end with it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,26 +43,49 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from saffron.errors import SaffronError
-from saffron.lm.adapters import save_adapter
+from saffron.files import unit_hash
+from saffron.lm.batching import batches
 from saffron.lm.models import LoadedModel
-from saffron.reward.mrm import BIAS_FILE, META_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
+from saffron.reward.mrm import BIAS_FILE, MRM_FORMAT, UNSEEN_FILE, Layout, RewardHead
 from saffron.train.label import LabelledItem
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    mean,
+    run_loop,
+    save_trained,
+)
 
 
 @dataclass(frozen=True)
 class MRMTrainConfig:
+    """Settings of ``saffron train-mrm`` (defaults: the paper's recipe; the embedded smol-mrm
+    records its own in its meta.json)."""
+
     seed: int = 0
+    """Seeds the LoRA initialisation and the example order."""
     epochs: int = 1
+    """Passes over the training items."""
     batch_size: int = 4
-    lr: float = 1e-4  # LoRA (paper)
-    bias_lr: float = 1e-2  # head bias (see module doc)
+    """Sequences per optimiser step."""
+    lr: float = 1e-4
+    """LoRA learning rate (the paper's)."""
+    bias_lr: float = 1e-2
+    """Learning rate of the reward head's bias (see the module doc)."""
     rank: int = 4
+    """LoRA rank (the paper's)."""
     alpha: int = 4
+    """LoRA alpha (the paper's)."""
     targets: tuple[str, ...] = ("q_proj", "v_proj")
-    first_layer: int = 0  # LoRA on layers first_layer … last (0: all, as the paper)
+    """Modules with a LoRA adapter (the paper's)."""
+    first_layer: int = 0
+    """LoRA on layers first_layer … last (0: all, as the paper)."""
     holdout: float = 0.1
-    max_steps: int | None = None  # stop early (smoke runs); None = all epochs
+    """Fraction of prompt groups held out to measure the fit, in [0, 1)."""
+    max_steps: int | None = None
+    """Stop after this many steps (smoke runs); None runs every epoch."""
 
     def __post_init__(self) -> None:
         if (
@@ -87,7 +108,7 @@ class MRMTrainConfig:
 def is_heldout(item_id: str, fraction: float) -> bool:
     """Whether an item is held out: a stable hash of its prompt group (id before ``/``)."""
     group = item_id.split("/", 1)[0]
-    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+    return unit_hash(group.encode()) < fraction
 
 
 def split(items: list[LabelledItem], fraction: float) -> tuple[list[LabelledItem], ...]:
@@ -198,8 +219,7 @@ class MRMTrainer:
         self.peft.eval()
         out: list[Tensor] = []
         with torch.no_grad():
-            for i in range(0, len(items), batch_size):
-                part = items[i : i + batch_size]
+            for part in batches(items, batch_size):
                 flat = self.predict(make_batch(part, self.layout, self.pad)).cpu()
                 out.extend(torch.split(flat, [len(it.response) for it in part]))
         return out
@@ -226,13 +246,11 @@ class MRMTrainer:
     def save(self, out_dir: Path, unseen: Tensor, meta: dict[str, object]) -> None:
         """Write adapter, bias, unseen mask and meta.json; swap into ``out_dir`` at the end."""
 
-        def write(tmp: Path) -> None:
-            save_adapter(self.peft, tmp, str(meta.get("base_guard", "")))
+        def tensors(tmp: Path) -> None:
             save_file({"bias": self.head.bias.detach().float().cpu()}, str(tmp / BIAS_FILE))
             save_file({"unseen": unseen.to(torch.bool).cpu()}, str(tmp / UNSEEN_FILE))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
-        save_folder(out_dir, write)
+        save_trained(out_dir, self.peft, str(meta.get("base_guard", "")), meta, tensors)
 
 
 def check_labels(label_meta: dict[str, object], vocab_hash: str, vocab: int, policy: str) -> None:

@@ -31,7 +31,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,11 +39,21 @@ from torch import Tensor, nn
 
 from saffron.data import PromptRow, is_refusal, jsonl_objects, says_refusal
 from saffron.errors import SaffronError
-from saffron.lm.adapters import save_adapter
+from saffron.files import append_jsonl
+from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
 from saffron.lm.models import POLICY_KIND, LoadedModel
 from saffron.lm.policy import Policy, bulk_greedy
-from saffron.train.loop import LoopConfig, LoraSpec, adamw, add_lora, mean, run_loop, save_folder
+from saffron.train.loop import (
+    LoopConfig,
+    LoraSpec,
+    adamw,
+    add_lora,
+    config_dict,
+    mean,
+    run_loop,
+    save_trained,
+)
 from saffron.train.texts import written_texts
 
 REFUSAL, BENIGN, DEEP, USER = "refusal", "benign", "deep", "user"
@@ -193,15 +203,12 @@ def self_answers(
         for _, obj in jsonl_objects(path):
             known[str(obj["prompt"])] = tuple(obj["tokens"])
     todo = [p for p in dict.fromkeys(prompts) if p not in known]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        for i in range(0, len(todo), batch_size):
-            part = todo[i : i + batch_size]
-            seqs = [policy.chat.sequence(p, reserve=max_new_tokens) for p in part]
-            for p, toks in zip(part, bulk_greedy(policy, seqs, max_new_tokens), strict=True):
-                known[p] = toks
-                fh.write(json.dumps({"prompt": p, "tokens": list(toks)}) + "\n")
-            fh.flush()
+    for part in batches(todo, batch_size):
+        seqs = [policy.chat.sequence(p, reserve=max_new_tokens) for p in part]
+        answers = bulk_greedy(policy, seqs, max_new_tokens)
+        known.update(zip(part, answers, strict=True))
+        rows = [{"prompt": p, "tokens": list(t)} for p, t in zip(part, answers, strict=True)]
+        append_jsonl(path, rows, ensure_ascii=True)
     return [(p, known[p]) for p in prompts]
 
 
@@ -322,7 +329,7 @@ def train_policy(
         "kind": POLICY_KIND,
         "base": base.name,
         **info,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
         "examples": len(examples),
         "examples_by_source": dict(sorted(Counter(ex.source for ex in examples).items())),
         "steps": len(losses),
@@ -331,11 +338,7 @@ def train_policy(
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
 
-    def write(tmp: Path) -> None:
-        save_adapter(peft, tmp, base.name)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-    save_folder(out_dir, write)
+    save_trained(out_dir, peft, base.name, meta)
     return meta
 
 

@@ -1,4 +1,5 @@
-"""Subcommands ``train-guard``, ``label`` and ``train-mrm`` (registered by :mod:`saffron.cli`)."""
+"""Subcommands that train the embedded world: ``train-policy``, ``train-guard``, ``label`` and
+``train-mrm``. Every default comes from the trainer's config dataclass."""
 
 from __future__ import annotations
 
@@ -6,39 +7,36 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from saffron.cli import train_data
+from saffron.cli.args import integer, names, unit
 from saffron.errors import SaffronError
-from saffron.errors import integer as _int
+from saffron.lm.models import SMOLLM2
+from saffron.reward.loading import SMOL_GUARD
+from saffron.train.corpus import N_BENIGN
+from saffron.train.guard_train import GuardTrainConfig
+from saffron.train.label import LabelConfig
+from saffron.train.mrm_train import MRMTrainConfig
+from saffron.train.policy_train import PolicyTrainConfig
 
-if TYPE_CHECKING:
-    from saffron.data import PromptRow
-    from saffron.lm.policy import Policy
-    from saffron.train.guard_train import GuardExample
-    from saffron.train.policy_train import PolicyData, PolicyTrainConfig
-
-
-def _unit(text: str) -> float:
-    """An argparse type: a number in [0, 1], or a usage error naming the text."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-DEFAULT_POLICY = "smollm2-135m-instruct"
+DEFAULT_POLICY = SMOLLM2  # the base the embedded world's artifacts are trained on
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train-policy``, ``train-guard``, ``label`` and ``train-mrm``."""
     _add_train_policy(sub)
+    _add_train_guard(sub)
+    _add_label(sub)
+    _add_train_mrm(sub)
+
+
+def _add_train_guard(sub: argparse._SubParsersAction) -> None:
+    d = GuardTrainConfig
     tg = sub.add_parser("train-guard", help="train the embedded smol-guard (LoRA on SmolLM2)")
-    tg.add_argument("--seed", type=_int, default=0)
-    tg.add_argument("--epochs", type=_int, default=1)
-    tg.add_argument("--per-set", type=_int, default=None, help="harmful prompts per set")
-    tg.add_argument("--benign", type=_int, default=200, help="benign prompts in the corpus")
+    tg.add_argument("--seed", type=integer, default=d.seed)
+    tg.add_argument("--epochs", type=integer, default=d.epochs)
+    tg.add_argument("--per-set", type=integer, default=None, help="harmful prompts per set")
+    tg.add_argument("--benign", type=integer, default=N_BENIGN, help="benign prompts in the corpus")
     tg.add_argument("--no-human", action="store_true", help="skip the human-labelled rows")
     tg.add_argument(
         "--own-start",
@@ -52,10 +50,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     tg.add_argument(
         "--balance",
-        type=_unit,
+        type=unit,
         nargs="?",
         const=0.5,
-        default=0.0,
+        default=d.balance,
         metavar="POWER",
         help="weigh each source's minority label by (n_major/n_minor)**POWER "
         "(0 = off, the default; bare --balance = 0.5; 1 = both labels equal)",
@@ -63,12 +61,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tg.add_argument(
         "--human-weight",
         type=float,
-        default=1.0,
+        default=d.human_weight,
         help="loss weight of the human-labelled rows against the rule-labelled corpus",
     )
-    tg.add_argument("--lr", type=float, default=3e-4, help="learning rate")
-    tg.add_argument("--rank", type=_int, default=16, help="LoRA rank (alpha = 2 × rank)")
-    tg.add_argument("--first-layer", type=_int, default=14, help="LoRA on layers from this one")
+    tg.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    tg.add_argument("--rank", type=integer, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
+    tg.add_argument(
+        "--first-layer", type=integer, default=d.first_layer, help="LoRA on layers from this one"
+    )
     tg.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
     tg.add_argument(
@@ -79,21 +79,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the gold set's train part and the human rows (see saffron.train.aligned_corpus)",
     )
 
+
+def _add_label(sub: argparse._SubParsersAction) -> None:
     lab = sub.add_parser(
         "label",
         help="token-level reward dataset: the guard's reward after every response token",
         description="Label every prefix of every corpus response with the guard's process "
         "reward (resumable: rerun to finish). Example: saffron label --guard smol-guard",
     )
-    lab.add_argument("--guard", default="smol-guard", help="guard name or adapter folder")
+    lab.add_argument("--guard", default=SMOL_GUARD, help="guard name or adapter folder")
     lab.add_argument(
         "--policy", default=DEFAULT_POLICY, help="policy whose tokens the corpus holds"
     )
     lab.add_argument("--corpus", default=None, help="corpus JSONL (default: the embedded one)")
     lab.add_argument("--out", default=None, help="output folder (default: in the user cache)")
-    lab.add_argument("--shard-size", type=_int, default=256, help="items per shard file")
-    lab.add_argument("--batch-size", type=_int, default=16, help="items per guard call")
+    lab.add_argument(
+        "--shard-size", type=integer, default=LabelConfig.shard_size, help="items per shard file"
+    )
+    lab.add_argument(
+        "--batch-size", type=integer, default=LabelConfig.batch_size, help="items per guard call"
+    )
 
+
+def _add_train_mrm(sub: argparse._SubParsersAction) -> None:
+    d = MRMTrainConfig
     tm = sub.add_parser(
         "train-mrm",
         help="train a multifurcation reward model by partial supervision",
@@ -105,23 +114,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tm.add_argument("--guard", default=None, help="backbone guard (default: the labels' guard)")
     tm.add_argument("--policy", default=None, help="policy (default: the labels' policy)")
     tm.add_argument("--out", default=None, help="output folder (default: embedded smol-mrm)")
-    tm.add_argument("--epochs", type=_int, default=1)
-    tm.add_argument("--batch-size", type=_int, default=4, help="sequences per step")
-    tm.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate (paper)")
-    tm.add_argument("--bias-lr", type=float, default=1e-2, help="head-bias learning rate")
-    tm.add_argument("--rank", type=_int, default=4, help="LoRA rank")
-    tm.add_argument("--alpha", type=_int, default=4, help="LoRA alpha")
-    tm.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules")
-    tm.add_argument("--first-layer", type=_int, default=0, help="LoRA on layers from this one")
-    tm.add_argument("--holdout", type=float, default=0.1, help="held-out fraction of prompts")
-    tm.add_argument("--max-steps", type=_int, default=None, help="stop after this many steps")
-    tm.add_argument("--seed", type=_int, default=0)
+    tm.add_argument("--epochs", type=integer, default=d.epochs)
+    tm.add_argument("--batch-size", type=integer, default=d.batch_size, help="sequences per step")
+    tm.add_argument("--lr", type=float, default=d.lr, help="LoRA learning rate (paper)")
+    tm.add_argument("--bias-lr", type=float, default=d.bias_lr, help="head-bias learning rate")
+    tm.add_argument("--rank", type=integer, default=d.rank, help="LoRA rank")
+    tm.add_argument("--alpha", type=integer, default=d.alpha, help="LoRA alpha")
+    tm.add_argument("--targets", default=",".join(d.targets), help="LoRA target modules")
+    tm.add_argument(
+        "--first-layer", type=integer, default=d.first_layer, help="LoRA on layers from this one"
+    )
+    tm.add_argument("--holdout", type=float, default=d.holdout, help="held-out fraction of prompts")
+    tm.add_argument(
+        "--max-steps", type=integer, default=d.max_steps, help="stop after this many steps"
+    )
+    tm.add_argument("--seed", type=integer, default=d.seed)
 
 
 def _add_train_policy(sub: argparse._SubParsersAction) -> None:
-    from saffron.train.policy_train import PolicyTrainConfig
-
-    d = PolicyTrainConfig()
+    d = PolicyTrainConfig
     tp = sub.add_parser(
         "train-policy",
         help="safety fine-tuning of a policy with LoRA (the embedded smol-aligned)",
@@ -140,46 +151,49 @@ def _add_train_policy(sub: argparse._SubParsersAction) -> None:
     )
     tp.add_argument(
         "--deep",
-        type=_unit,
+        type=unit,
         default=d.deep_fraction,
         metavar="FRACTION",
         help="share of harmful prompts that also get a deep-alignment example",
     )
     tp.add_argument(
         "--deep-max-prefix",
-        type=_int,
+        type=integer,
         default=d.deep_max_prefix,
         help="longest harmful start of a deep example, in tokens",
     )
-    tp.add_argument("--per-set", type=_int, default=d.per_set, help="harmful prompts per set")
+    tp.add_argument("--per-set", type=integer, default=d.per_set, help="harmful prompts per set")
     tp.add_argument(
         "--redirect-fraction",
-        type=_unit,
+        type=unit,
         default=d.redirect_fraction,
         help="share of refusals followed by a safe redirection",
     )
-    tp.add_argument("--epochs", type=_int, default=d.epochs)
+    _add_policy_training(tp)
+
+
+def _add_policy_training(tp: argparse.ArgumentParser) -> None:
+    """``train-policy``'s optimisation settings."""
+    d = PolicyTrainConfig
+    tp.add_argument("--epochs", type=integer, default=d.epochs)
     tp.add_argument(
         "--decision-weight",
         type=float,
         default=d.decision_weight,
         help="weight of each example's first-token loss (the refuse-or-answer choice)",
     )
-    tp.add_argument("--batch-size", type=_int, default=d.batch_size)
+    tp.add_argument("--batch-size", type=integer, default=d.batch_size)
     tp.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    tp.add_argument("--rank", type=_int, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
-    tp.add_argument("--seed", type=_int, default=d.seed)
+    tp.add_argument("--rank", type=integer, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
+    tp.add_argument("--seed", type=integer, default=d.seed)
     tp.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
 
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from saffron.lm.models import ALIGNED, load_model
     from saffron.lm.policy import make_policy
     from saffron.paths import artifacts_dir
     from saffron.train.policy_train import (
-        PolicyTrainConfig,
         check_out_dir,
         policy_examples,
         read_policy_data,
@@ -203,7 +217,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     user_file = read_policy_data(Path(args.data)) if args.data else None
     base = load_model(args.base, device=args.device)
     policy = make_policy(base)
-    data = _policy_data(policy, args.base, cfg, user_file)
+    data = train_data.policy_data(policy, args.base, cfg, user_file)
     examples = policy_examples(policy.chat, data, cfg)
     policy.backend.clear()
     info: dict[str, object] = {
@@ -217,53 +231,10 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy_data(
-    policy: Policy,
-    base: str,
-    cfg: PolicyTrainConfig,
-    user_file: tuple[list[PromptRow], list[tuple[str, str]]] | None,
-) -> PolicyData:
-    """The built-in mix (train splits, benign prompts answered by the base itself, harmful
-    answers for deep examples), or the rows of a ``--data`` file."""
-    from saffron.data import load_prompts
-    from saffron.data.prompts import BENIGN_PLAIN_TRAIN, BENIGN_TRAIN, validation_split
-    from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
-    from saffron.paths import cache_dir
-    from saffron.train.corpus import training_prompts
-    from saffron.train.policy_train import PolicyData, self_answers
-    from saffron.train.texts import benign_prompts
-
-    if user_file is not None:
-        harmful, user = user_file
-        return PolicyData(harmful, {}, [], user)
-    harmful = training_prompts(cfg.seed, cfg.per_set)
-    prompts = benign_prompts() + [
-        r.prompt
-        for name in (BENIGN_PLAIN_TRAIN, BENIGN_TRAIN)
-        for r in validation_split(load_prompts(name))[0]
-    ]
-    cached = cache_dir() / "policy-data" / f"{Path(base).name}-greedy{cfg.max_answer_tokens}.jsonl"
-    benign = self_answers(policy, prompts, cached, cfg.max_answer_tokens)
-    answers: dict[str, str] = {}
-    if cfg.deep_fraction > 0:
-        # the harmful starts come from the base itself (unaligned), as the eval's attack
-        for source in sorted({r.source for r in harmful}):
-            rows = [r for r in harmful if r.source == source]
-            path = answers_path(f"{source}-train", cache_dir() / "answers")
-            done = write_harmful_answers(policy, rows, path, AnswerConfig())
-            answers.update({k: a.text for k, a in done.items() if a.text})
-    return PolicyData(harmful, answers, benign, [])
-
-
 def cmd_train_guard(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from saffron.lm.models import SMOLLM2, load_model
-    from saffron.lm.policy import make_policy
-    from saffron.paths import cache_dir
+    from saffron.lm.models import load_model
     from saffron.reward.loading import adapter_dir
-    from saffron.train.corpus import build_corpus
-    from saffron.train.guard_train import GuardTrainConfig, guard_examples, train_guard
+    from saffron.train.guard_train import guard_examples, train_guard
 
     cfg = GuardTrainConfig(
         seed=args.seed,
@@ -275,30 +246,14 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
         alpha=2 * args.rank,
         first_layer=args.first_layer,
     )
-    out = Path(args.out) if args.out else adapter_dir("smol-guard")
+    out = Path(args.out) if args.out else adapter_dir(SMOL_GUARD)
     if args.world == "aligned":
-        examples = _aligned_guard_examples(args)
+        examples = train_data.aligned_guard_examples(args)
         meta = train_guard(load_model(SMOLLM2, device=args.device), examples, out, cfg)
         print(json.dumps(meta, indent=2))
         print(f"smol-guard (aligned world) written to {out}")
         return 0
-    policy = make_policy(load_model(SMOLLM2))
-    suffix = (
-        (f"-per{args.per_set}" if args.per_set else "")
-        + ("-ownstart" if args.own_start else "")
-        + ("-redirect" if args.redirect else "")
-    )
-    corpus_path = cache_dir() / "corpus" / f"{SMOLLM2}-seed{args.seed}{suffix}.jsonl"
-    corpus = build_corpus(
-        policy,
-        corpus_path,
-        seed=args.seed,
-        per_set=args.per_set,
-        n_benign=args.benign,
-        own_start=args.own_start,
-        redirect=args.redirect,
-    )
-    del policy
+    corpus = train_data.guard_corpus(args)
     base = load_model(SMOLLM2, device=args.device)
     examples = guard_examples(
         corpus,
@@ -311,80 +266,22 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _aligned_guard_examples(args: argparse.Namespace) -> list[GuardExample]:
-    """The aligned world's guard data (``saffron.train.aligned_corpus``): the harmful starts
-    are the unaligned base's answers to the train prompts (cached, as for ``--deep``)."""
-    from saffron.data import load_scorer_rows
-    from saffron.data.gold import load_gold
-    from saffron.eval.attack import AnswerConfig, answers_path, write_harmful_answers
-    from saffron.lm.models import ALIGNED, ALIGNED_DEEP, SMOLLM2, load_model
-    from saffron.lm.policy import make_policy
-    from saffron.paths import artifacts_dir, cache_dir
-    from saffron.reward.degeneracy import DegeneracyJudge
-    from saffron.train.aligned_corpus import (
-        aligned_examples,
-        aligned_jobs,
-        benign_training_prompts,
-        build_aligned_corpus,
-    )
-    from saffron.train.corpus import training_prompts
-    from saffron.train.guard_train import human_heldout
-
-    rows = training_prompts(args.seed, args.per_set)
-    base = make_policy(load_model(SMOLLM2))
-    starts: dict[str, tuple[int, ...]] = {}
-    for source in sorted({r.source for r in rows}):
-        mine = [r for r in rows if r.source == source]
-        path = answers_path(f"{source}-train", cache_dir() / "answers")
-        done = write_harmful_answers(base, mine, path, AnswerConfig())
-        starts.update({k: tuple(base.chat.encode(a.text)) for k, a in done.items() if a.text})
-    encode = base.chat.encode
-    del base
-    benign = benign_training_prompts()[: args.benign]
-    corpus = []
-    for name in (ALIGNED, ALIGNED_DEEP):
-        policy = make_policy(load_model(name))
-        jobs = aligned_jobs(name, rows, starts, benign, seed=args.seed, prefill_ks=(5, 10, 20))
-        tag = f"seed{args.seed}" + (f"-per{args.per_set}" if args.per_set else "")
-        path = cache_dir() / "corpus" / f"aligned-{name}-{tag}.jsonl"
-        corpus += build_aligned_corpus(policy, name, jobs, path, seed=args.seed)
-        del policy
-    human = [
-        (r.objective, r.response, bool(r.harmful))
-        for r in load_scorer_rows()
-        if r.harmful is not None and not human_heldout(r)
-    ]
-    degeneracy = DegeneracyJudge.load(artifacts_dir() / "degeneracy-surface.json")
-    return aligned_examples(
-        corpus,
-        load_gold("train"),
-        [] if args.no_human else human,
-        lambda t: list(encode(t)),
-        degeneracy,
-    )
-
-
 def _default_corpus() -> str:
-    from saffron.lm.models import SMOLLM2
     from saffron.paths import cache_dir
 
     return str(cache_dir() / "corpus" / f"{SMOLLM2}-seed0.jsonl")
 
 
 def _default_labels(guard: str, corpus: str) -> str:
-    from pathlib import Path
-
     from saffron.paths import cache_dir
 
     return str(cache_dir() / "labels" / f"{Path(guard).name}--{Path(corpus).stem}")
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from saffron.lm.adapters import fingerprint
     from saffron.reward.loading import load_guard
-    from saffron.train.label import LabelConfig, label_corpus, load_tokenizer, read_corpus
+    from saffron.train.label import label_corpus, load_tokenizer, read_corpus
 
     cfg = LabelConfig(shard_size=args.shard_size, batch_size=args.batch_size)
     corpus = Path(args.corpus or _default_corpus()).expanduser()
@@ -410,16 +307,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_mrm(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from saffron.lm.adapters import fingerprint
-    from saffron.reward.mrm import vocab_hash
-    from saffron.reward.mrm_load import guard_backbone, mrm_dir
-    from saffron.train.label import load_tokenizer, read_labels
-    from saffron.train.mrm_train import MRMTrainConfig, check_labels, train_mrm
-
-    cfg = MRMTrainConfig(
+def _mrm_config(args: argparse.Namespace) -> MRMTrainConfig:
+    return MRMTrainConfig(
         seed=args.seed,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -427,12 +316,22 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
         bias_lr=args.bias_lr,
         rank=args.rank,
         alpha=args.alpha,
-        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+        targets=names(args.targets),
         first_layer=args.first_layer,
         holdout=args.holdout,
         max_steps=args.max_steps,
     )
-    labels = Path(args.labels or _default_labels("smol-guard", _default_corpus())).expanduser()
+
+
+def cmd_train_mrm(args: argparse.Namespace) -> int:
+    from saffron.lm.adapters import fingerprint
+    from saffron.lm.vocab import vocab_hash
+    from saffron.reward.mrm_load import guard_backbone, mrm_dir
+    from saffron.train.label import load_tokenizer, read_labels
+    from saffron.train.mrm_train import check_labels, train_mrm
+
+    cfg = _mrm_config(args)
+    labels = Path(args.labels or _default_labels(SMOL_GUARD, _default_corpus())).expanduser()
     meta, items = read_labels(labels)
     guard = args.guard or str(meta["guard"])
     policy = args.policy or str(meta["policy"])

@@ -1,4 +1,4 @@
-"""Subcommands ``eval``, ``compare`` and ``demo`` (registered by :mod:`saffron.cli`)."""
+"""Subcommands that measure: ``eval``, ``compare``, ``attack-answers`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from saffron.cli.args import budgets, method_budgets, names, search_rule, shard
 from saffron.errors import SaffronError
-from saffron.eval.run import ATTACK_POLICY, EvalConfig
+from saffron.eval.compare import REFERENCE
+from saffron.eval.run import EvalConfig
 
 DEMO = EvalConfig(
     dataset="advbench",
@@ -17,22 +19,24 @@ DEMO = EvalConfig(
     attack="prefill:10",
     limit=10,
 )
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def _budgets(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"budgets must be integers like 1,2,4, got {text!r}"
-        ) from None
+BUDGETS = (1, 2, 4)  # the budgets of `saffron eval` when none are given
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``eval``, ``compare``, ``attack-answers`` and ``demo``."""
+    _add_eval(sub)
+    cmp = sub.add_parser("compare", help="tables, matched-compute ASR, ScalEff and the plot")
+    cmp.add_argument("dir", help="an eval output directory")
+    cmp.add_argument("--reference", default=REFERENCE, help="method to match compute to")
+    cmp.add_argument("--reference-budget", type=int, default=None, help="default: its largest")
+    cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
+    _add_attack_answers(sub)
+    demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
+    demo.add_argument("--out", default="out/demo", help="output directory")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    d = EvalConfig
     ev = sub.add_parser(
         "eval",
         help="ASR vs compute: methods × budgets × prompts under an attack",
@@ -40,10 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--budgets 1,2,4 --attack prefill:10 --limit 20 --out runs/adv",
     )
     ev.add_argument("--dataset", required=True, help="a name from `saffron datasets` or a .jsonl")
-    ev.add_argument("--methods", required=True, type=_csv, help="comma-separated method names")
-    ev.add_argument(
-        "--budgets", default=(1, 2, 4), type=_budgets, help="comma-separated, e.g. 1,2,4"
-    )
+    ev.add_argument("--methods", required=True, type=names, help="comma-separated method names")
+    ev.add_argument("--budgets", default=BUDGETS, type=budgets, help="comma-separated, e.g. 1,2,4")
     ev.add_argument(
         "--method-budgets",
         action="append",
@@ -51,33 +53,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="METHOD=B1,B2",
         help="budgets for one method instead of --budgets, e.g. mcts=2,4 (repeatable)",
     )
-    ev.add_argument("--attack", default="prefill:10", help="none | prefill | prefill:K")
-    ev.add_argument("--max-new-tokens", type=int, default=32)
-    ev.add_argument("--min-new-tokens", type=int, default=16)
-    ev.add_argument("--top-p", type=float, default=0.8)
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--limit", type=int, default=None, help="first n prompts")
-    ev.add_argument("--split", default="eval", help="eval (held out from training) | all")
-    ev.add_argument("--policy", default=EvalConfig.policy, help="the policy under attack")
+    ev.add_argument("--attack", default=d.attack, help="none | prefill | prefill:K")
+    ev.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    ev.add_argument("--min-new-tokens", type=int, default=d.min_new_tokens)
+    ev.add_argument("--top-p", type=float, default=d.top_p)
+    ev.add_argument("--temperature", type=float, default=d.temperature)
+    ev.add_argument("--seed", type=int, default=d.seed)
+    ev.add_argument("--limit", type=int, default=d.limit, help="first n prompts")
+    ev.add_argument("--split", default=d.split, help="eval (held out from training) | all")
+    ev.add_argument("--policy", default=d.policy, help="the policy under attack")
     ev.add_argument(
         "--attack-policy",
-        default=ATTACK_POLICY,
+        default=d.attack_policy,
         help="the unaligned policy whose harmful answers prefill:K uses where no committed "
         "answer exists",
     )
-    ev.add_argument("--guard", default="smol-guard")
-    ev.add_argument("--mrm", default="smol-mrm")
-    add_search_rule_options(ev)
+    ev.add_argument("--guard", default=d.guard)
+    ev.add_argument("--mrm", default=d.mrm)
+    search_rule(ev)
+    _add_eval_running(ev)
+
+
+def _add_eval_running(ev: argparse.ArgumentParser) -> None:
+    """Where and how an eval runs: ``--out``, ``--shard``, ``--concurrency``."""
     ev.add_argument("--out", required=True, help="output directory (resumable)")
     ev.add_argument(
         "--shard",
-        type=_shard,
+        type=shard,
         default=(0, 1),
         metavar="K/N",
         help="run only prompts k, k+N, k+2N, …; start K=0…N-1 on one --out to run in parallel",
     )
-
     ev.add_argument(
         "--concurrency",
         type=int,
@@ -87,12 +93,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "for all of them (records equal K=1's except wall times)",
     )
 
-    cmp = sub.add_parser("compare", help="tables, matched-compute ASR, ScalEff and the plot")
-    cmp.add_argument("dir", help="an eval output directory")
-    cmp.add_argument("--reference", default="best-of-n", help="method to match compute to")
-    cmp.add_argument("--reference-budget", type=int, default=None, help="default: its largest")
-    cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
 
+def _add_attack_answers(sub: argparse._SubParsersAction) -> None:
     aa = sub.add_parser(
         "attack-answers",
         help="an unaligned policy's compliant answers, the source of prefill:K attacks",
@@ -103,45 +105,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     aa.add_argument("--dataset", required=True, help="a name from `saffron datasets` or a .jsonl")
     aa.add_argument("--split", default="eval", help="eval | train | all")
-    aa.add_argument("--policy", default=ATTACK_POLICY, help="the unaligned policy that answers")
+    aa.add_argument(
+        "--policy", default=EvalConfig.attack_policy, help="the unaligned policy that answers"
+    )
     aa.add_argument("--out", default=None, help="JSONL (default: the committed file for eval)")
     aa.add_argument("--limit", type=int, default=None, help="first n prompts")
-
-    demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
-    demo.add_argument("--out", default="out/demo", help="output directory")
-
-
-def add_search_rule_options(p: argparse.ArgumentParser) -> None:
-    """``--logp-weight``, ``--logp-floor`` (selection of saffron and beam; defaults from
-    :class:`~saffron.search.base.SearchConfig`) and ``--guard-cost`` (how guard calls are
-    billed, :mod:`saffron.reward.costing`)."""
-    from saffron.reward.costing import DEFAULT_SUFFIX_TOKENS, READOUT
-    from saffron.search.base import SearchConfig
-
-    p.add_argument(
-        "--logp-weight",
-        type=float,
-        default=SearchConfig.logp_weight,
-        metavar="BETA",
-        help="saffron, beam: rank children by reward + BETA·log π(answer so far) "
-        f"(default {SearchConfig.logp_weight}: reward alone, the paper's rule)",
-    )
-    p.add_argument(
-        "--logp-floor",
-        type=float,
-        default=SearchConfig.logp_floor,
-        metavar="NATS",
-        help="saffron, beam: no child more than NATS below the policy's most probable token "
-        "(default: no floor, the paper's rule)",
-    )
-    p.add_argument(
-        "--guard-cost",
-        default=READOUT,
-        metavar="readout|suffix[:N]",
-        help="bill each guard call as run (readout) or as a suffix guard would compute it, N "
-        f"more positions per call (suffix: N = {DEFAULT_SUFFIX_TOKENS}, Llama Guard 3's "
-        "closing instruction); an accounting model, answers unchanged",
-    )
 
 
 def cmd_attack_answers(args: argparse.Namespace) -> int:
@@ -187,28 +155,11 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         attack_policy=args.attack_policy,
         guard=args.guard,
         mrm=args.mrm,
-        method_budgets=tuple(_method_budgets(x) for x in args.method_budgets),
+        method_budgets=tuple(method_budgets(x) for x in args.method_budgets),
         logp_weight=args.logp_weight,
         logp_floor=args.logp_floor,
         guard_cost=args.guard_cost,
     )
-
-
-def _shard(text: str) -> tuple[int, int]:
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
-        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
-    return int(k), int(n)
-
-
-def _method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, values = text.partition("=")
-    if not sep or not name.strip():
-        raise SaffronError(f"--method-budgets expects METHOD=B1,B2, got {text!r}")
-    try:
-        return name.strip(), _budgets(values)
-    except argparse.ArgumentTypeError as err:
-        raise SaffronError(str(err)) from None
 
 
 def _run(cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1), concurrency: int = 1) -> str:

@@ -1,5 +1,5 @@
-"""``saffron serve`` (registered by :mod:`saffron.cli`): load the models once, then serve the
-OpenAI API with uvicorn on loopback unless told otherwise."""
+"""``saffron serve``: load the models once, then serve the OpenAI API with uvicorn, on loopback
+unless told otherwise. Limits and defaults come from :class:`ServeSettings`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import os
 import sys
 from collections.abc import Callable
 
+from saffron.cli.args import integer, names
 from saffron.errors import SaffronError
-from saffron.errors import integer as _int
+from saffron.lm.models import SMOLLM2
+from saffron.reward.loading import SMOL_GUARD
+from saffron.reward.mrm_load import SMOL_MRM
 from saffron.search import World, get_method
+from saffron.serve.engine import QUEUE_SIZE
 from saffron.serve.protocol import ServeSettings
 
-DEFAULT_POLICY = "smollm2-135m-instruct"
+DEFAULT_POLICY = SMOLLM2
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 EPILOG = """examples:
@@ -26,6 +30,7 @@ EPILOG = """examples:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``serve``."""
     sv = sub.add_parser(
         "serve",
         help="an OpenAI-compatible HTTP server (chat, completions, models, metrics)",
@@ -33,29 +38,52 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sv.add_argument("--policy", default=DEFAULT_POLICY, help="policy model name or folder")
-    sv.add_argument("--guard", default="smol-guard", help="guard: guides searches, judges answers")
-    sv.add_argument("--mrm", default="smol-mrm", help="MRM (loaded when a served method needs it)")
+    sv.add_argument("--guard", default=SMOL_GUARD, help="guard: guides searches, judges answers")
+    sv.add_argument("--mrm", default=SMOL_MRM, help="MRM (loaded when a served method needs it)")
     sv.add_argument("--methods", default="", help="comma-separated model ids to serve (all)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    sv.add_argument("--port", type=_int, default=8000)
+    sv.add_argument("--port", type=integer, default=8000)
     sv.add_argument("--api-key-env", metavar="VAR", help="env variable holding the API key")
     sv.add_argument(
-        "--max-concurrency", type=_int, default=4, metavar="K",
+        "--max-concurrency", type=integer, default=4, metavar="K",
         help="requests answered together (greedy requests waiting together share a batch)",
     )  # fmt: skip
-    sv.add_argument("--queue", type=_int, default=64, metavar="N", help="waiting requests (429)")
+    sv.add_argument(
+        "--queue", type=integer, default=QUEUE_SIZE, metavar="N", help="waiting requests (429)"
+    )
     sv.add_argument("--device", default="cpu", help="torch device of every model (cpu, cuda, …)")
-    sv.add_argument("--max-tokens-limit", type=_int, default=512, help="largest max_tokens")
-    sv.add_argument("--default-max-tokens", type=_int, default=64, help="when none is given")
-    sv.add_argument("--min-tokens", type=_int, default=16, help="stop tokens forbidden before")
-    sv.add_argument("--budget", type=_int, default=4, help="default search budget")
-    sv.add_argument("--max-budget", type=_int, default=32, help="largest saffron.budget")
-    sv.add_argument("--max-body-bytes", type=_int, default=1 << 20, help="request size limit")
+    _add_limits(sv)
     sv.add_argument(
         "--world-factory", metavar="MODULE:FUNCTION",
         help="build the models with FUNCTION() -> saffron.search.World instead of loading "
         "--policy/--guard/--mrm (custom models; the tests use tiny ones)",
     )  # fmt: skip
+
+
+def _add_limits(sv: argparse.ArgumentParser) -> None:
+    """The request limits and defaults of :class:`ServeSettings`."""
+    d = ServeSettings
+    sv.add_argument(
+        "--max-tokens-limit", type=integer, default=d.max_tokens_limit, help="largest max_tokens"
+    )
+    sv.add_argument(
+        "--default-max-tokens",
+        type=integer,
+        default=d.default_max_tokens,
+        help="when none is given",
+    )
+    sv.add_argument(
+        "--min-tokens", type=integer, default=d.min_tokens, help="stop tokens forbidden before"
+    )
+    sv.add_argument(
+        "--budget", type=integer, default=d.default_budget, help="default search budget"
+    )
+    sv.add_argument(
+        "--max-budget", type=integer, default=d.max_budget, help="largest saffron.budget"
+    )
+    sv.add_argument(
+        "--max-body-bytes", type=integer, default=d.max_body_bytes, help="request size limit"
+    )
 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
@@ -64,7 +92,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         key = os.environ.get(args.api_key_env, "")
         if not key:
             raise SaffronError(f"--api-key-env: the variable {args.api_key_env} is unset or empty")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = names(args.methods)
     for m in methods:
         get_method(m)
     return ServeSettings(
@@ -131,4 +159,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": cmd_serve}
