@@ -149,8 +149,8 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as ``config.json`` holds it. Settings added after runs were recorded
-        (:data:`LATER_SETTINGS`) appear only when not at their default, so a directory written
-        before they existed is still the same run."""
+        (:data:`LATER_SETTINGS`) appear only when not at the value those runs used, so a
+        directory written before they existed is still the same run."""
         d = dataclasses.asdict(self)
         d["methods"], d["budgets"] = list(self.methods), list(self.budgets)
         d["method_budgets"] = {m: list(b) for m, b in self.method_budgets}
