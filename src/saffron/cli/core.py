@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saffron.cli.args import integer, options
+from saffron.cli.args import integer, options, search_rule
 from saffron.errors import SaffronError
 from saffron.lm.models import ALIGNED
+from saffron.lm.policy import Policy
+from saffron.reward.costing import parse_guard_cost
 from saffron.reward.loading import SMOL_GUARD
 from saffron.reward.mrm_load import SMOL_MRM
-from saffron.search import SearchConfig
+from saffron.search import SearchConfig, World
+from saffron.search.base import MethodSpec, check_config, check_rule_used
 
 DEFAULT_POLICY = ALIGNED  # the embedded world's policy under attack
 
@@ -51,6 +54,7 @@ def add_answer_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="method option, e.g. children=4, lookahead=8, conservative=false (repeatable)",
     )
+    search_rule(gen)
     gen.add_argument("--no-cache", action="store_true", help="disable the trie KV cache")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -103,6 +107,8 @@ def cmd_methods(_: argparse.Namespace) -> int:
     for spec in sorted(METHODS.values(), key=lambda s: s.name):
         needs = [n for n, f in (("guard", spec.needs_guard), ("mrm", spec.needs_mrm)) if f]
         extra = f" [needs {', '.join(needs)}]" if needs else ""
+        extra += f" [budget ≥ {spec.min_budget}]" if spec.min_budget > 1 else ""
+        extra += " [--logp-weight, --logp-floor]" if spec.ranks_children else ""
         print(f"{spec.name:12s} {spec.description}; budget = {spec.budget_meaning}{extra}")
     return 0
 
@@ -128,8 +134,10 @@ def cmd_setup(_: argparse.Namespace) -> int:
     return 0
 
 
-def _search_config(args: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(
+def _search_config(args: argparse.Namespace, spec: MethodSpec) -> SearchConfig:
+    """The search config of ``generate``, refused (SaffronError) when the method cannot run it:
+    a budget at which it would not search, a selection rule it would ignore, a bad guard cost."""
+    config = SearchConfig(
         options=options(args.option),
         budget=args.budget,
         max_new_tokens=args.max_new_tokens,
@@ -137,30 +145,46 @@ def _search_config(args: argparse.Namespace) -> SearchConfig:
         top_p=args.top_p,
         temperature=args.temperature,
         seed=args.seed,
+        logp_weight=args.logp_weight,
+        logp_floor=args.logp_floor,
     )
+    check_config(spec, config)
+    check_rule_used(spec, config)
+    parse_guard_cost(args.guard_cost)
+    return config
+
+
+def _world(args: argparse.Namespace, spec: MethodSpec, policy: Policy) -> World:
+    """The policy with the reward models the method needs (the guard billed as
+    ``--guard-cost`` says)."""
+    world = World(policy)
+    if spec.needs_guard:
+        from saffron.reward.costing import SuffixCosted
+        from saffron.reward.loading import load_guard
+
+        world.guard = load_guard(args.guard, policy.chat.tokenizer)
+        if suffix := parse_guard_cost(args.guard_cost):
+            world.guard = SuffixCosted(world.guard, suffix)
+    if spec.needs_mrm:
+        from saffron.reward.mrm_load import load_mrm
+
+        world.mrm = load_mrm(args.mrm, policy)
+    return world
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from saffron.lm.models import load_model
     from saffron.lm.policy import make_policy
-    from saffron.search import World, get_method, run_search
+    from saffron.search import get_method, run_search
 
     spec = get_method(args.method)  # fail on a typo before loading anything
-    config = _search_config(args)
+    config = _search_config(args, spec)
     if not args.prompt.strip():
         raise SaffronError("the prompt is empty")
     t0 = time.perf_counter()
     policy = make_policy(load_model(args.policy), cache=not args.no_cache)
     seq = policy.chat.sequence(args.prompt, args.prefill, reserve=config.max_new_tokens)
-    world = World(policy)
-    if spec.needs_guard:
-        from saffron.reward.loading import load_guard
-
-        world.guard = load_guard(args.guard, policy.chat.tokenizer)
-    if spec.needs_mrm:
-        from saffron.reward.mrm_load import load_mrm
-
-        world.mrm = load_mrm(args.mrm, policy)
+    world = _world(args, spec, policy)
     load_s = time.perf_counter() - t0
     result = run_search(args.method, world, seq, config)
     if args.json:
