@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saffron.cli.args import integer, options
+from saffron.cli.args import add_runtime, integer, options, runtime
 from saffron.errors import SaffronError
 from saffron.lm.models import ALIGNED
 from saffron.reward.loading import SMOL_GUARD
@@ -53,6 +53,7 @@ def add_answer_parsers(sub: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--no-cache", action="store_true", help="disable the trie KV cache")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime(gen)
 
     judge = sub.add_parser("judge", help="score (prompt, response) pairs with a safety guard")
     judge.add_argument("--guard", default=SMOL_GUARD, help="guard name or adapter folder")
@@ -60,6 +61,7 @@ def add_answer_parsers(sub: argparse._SubParsersAction) -> None:
     judge.add_argument("--response", help="the answer to judge (may be empty)")
     judge.add_argument("--file", help="JSONL rows with prompt and response")
     judge.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_runtime(judge)
 
 
 def add_info_parsers(sub: argparse._SubParsersAction) -> None:
@@ -130,18 +132,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = _search_config(args)
     if not args.prompt.strip():
         raise SaffronError("the prompt is empty")
+    rt = runtime(args)
     t0 = time.perf_counter()
-    policy = make_policy(load_model(args.policy), cache=not args.no_cache)
+    loaded = load_model(args.policy, rt)
+    policy = make_policy(loaded, cache=not args.no_cache, kv_budget=rt.kv_budget)
     seq = policy.chat.sequence(args.prompt, args.prefill, reserve=config.max_new_tokens)
     world = World(policy)
     if spec.needs_guard:
         from saffron.reward.loading import load_guard
 
-        world.guard = load_guard(args.guard, policy.chat.tokenizer)
+        world.guard = load_guard(args.guard, policy.chat.tokenizer, runtime=rt)
     if spec.needs_mrm:
         from saffron.reward.mrm_load import load_mrm
 
-        world.mrm = load_mrm(args.mrm, policy)
+        world.mrm = load_mrm(args.mrm, policy, runtime=rt)
     load_s = time.perf_counter() - t0
     result = run_search(args.method, world, seq, config)
     if args.json:
@@ -196,7 +200,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from saffron.types import TokenSequence
 
     rows = _judge_rows(args)
-    guard = load_guard(args.guard, None)
+    guard = load_guard(args.guard, None, runtime=runtime(args))
     tok = guard.backend.loaded.tokenizer
 
     def enc(text: str) -> tuple[int, ...]:
