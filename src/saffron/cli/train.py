@@ -350,13 +350,14 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     from saffron.train.mrm_train import check_labels, train_mrm
 
     cfg = _mrm_config(args)
+    rt = runtime(args)
     labels = Path(args.labels or _default_labels(SMOL_GUARD, _default_corpus())).expanduser()
     meta, items = read_labels(labels)
     guard = args.guard or str(meta["guard"])
     policy = args.policy or str(meta["policy"])
     policy_hash = vocab_hash(load_tokenizer(policy))
     check_labels(meta, policy_hash, int(str(meta["vocab_size"])), policy)  # before loading
-    backbone, layout = guard_backbone(guard, runtime(args))
+    backbone, layout = guard_backbone(guard, rt)
     vocab = int(backbone.model.get_output_embeddings().out_features)
     check_labels(meta, policy_hash, vocab, policy)
     weights = fingerprint(guard)
