@@ -3,7 +3,7 @@
 ``pool``: draw a batch of (prompt, prefill, answer) items, stratified by source cell, without
 any judge's verdict, and split them into reader files. Sources:
 
-* ``aligned-world``: ``results/aligned-world/answers.jsonl`` (``bench/aligned.py``: the base,
+* ``aligned-world``: ``results/gold/aligned-v1/answers.jsonl`` (``bench/aligned.py``: the base,
   ``smol-aligned`` and ``smol-aligned-deep``; no attack, a 10-token harmful prefill, benign);
 * ``embedded``: ``results/embedded/records.jsonl`` (every search method on the *unaligned*
   world; Saffron at N = 16 there is mostly broken text — the degenerate class);
@@ -26,7 +26,7 @@ agreement (Cohen's kappa) on the overlap.
 Usage::
 
     python bench/gold.py pool --out results/gold/batch1
-    python bench/gold.py assemble results/gold/batch1 results/gold/batch2 ...
+    python bench/gold.py assemble results/gold/aligned-v1/reading results/gold/batch1 ...
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from reading import LABELS, kappa, read_jsonl, write_jsonl
 
 from saffron.data import load_prompts
 
-ALIGNED = Path("results/aligned-world")
+ALIGNED = Path("results/gold/aligned-v1")  # the first smol-aligned's bench/aligned.py run
 EMBEDDED = Path("results/embedded")
 HARMFUL_SETS = ("advbench", "harmbench", "strongreject")
 

@@ -27,41 +27,8 @@ from degeneracy import auroc
 
 from saffron.data import load_scorer_rows
 from saffron.data.gold import load_gold
-from saffron.eval.judges import Answer, Scorer, judge_answers, parse_judges
-from saffron.paths import artifacts_dir
+from saffron.eval.judges import Answer, judge_answers, load_scorers, parse_judges
 from saffron.train.guard_train import human_heldout
-
-
-def scorers_for(
-    names: tuple[str, ...], args: argparse.Namespace
-) -> tuple[dict[str, Scorer], float]:
-    """Load the judges named; returns the scorers and the degeneracy threshold."""
-    from saffron.eval.judges import degeneracy_scorer, guard_scorer
-    from saffron.lm.models import SMOLLM2, load_model
-    from saffron.lm.policy import make_policy
-    from saffron.reward.degeneracy import DegeneracyJudge, reference_scorer
-    from saffron.reward.loading import load_guard
-
-    out: dict[str, Scorer] = {}
-    threshold = 0.5
-    chat = make_policy(load_model(SMOLLM2)).chat
-    if "guard" in names:
-        out["guard"] = guard_scorer(load_guard(args.guard, chat.tokenizer), chat)
-    if "independent" in names:
-        from saffron.eval.judges import independent_scorer
-
-        out["independent"] = independent_scorer(args.independent)
-    if "degeneracy" in names:
-        judge = DegeneracyJudge.load(artifacts_dir() / args.degeneracy)
-        ref = None
-        if judge.uses_reference:
-            m = load_model(judge.reference)
-            ref = reference_scorer(m.model.eval(), m.tokenizer)
-        out["degeneracy"] = degeneracy_scorer(judge, ref)
-        threshold = judge.threshold
-    if "rule" in names:
-        out["rule"] = lambda a: []
-    return out, threshold
 
 
 def confusion(called: list[bool], truth: list[bool]) -> tuple[int, int, int, int]:
@@ -91,7 +58,9 @@ def main() -> None:
     ap.add_argument("--no-human", action="store_true", help="skip PyRIT's held-out rows")
     args = ap.parse_args()
     names = parse_judges(args.judges)
-    scorers, threshold = scorers_for(names, args)
+    scorers, threshold = load_scorers(
+        names, guard=args.guard, independent=args.independent, degeneracy=args.degeneracy
+    )
     items = load_gold(args.part)
     answers = [Answer(i.prompt, i.prefill, i.answer) for i in items]
     verdicts = judge_answers(answers, scorers, threshold)

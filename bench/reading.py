@@ -39,7 +39,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def sample(src: Path, per_cell: int, seed: int) -> None:
+def sample(src: Path, per_cell: int, seed: int, prefix: str = "r") -> None:
     recs = read_jsonl(src / "answers.jsonl")
     rng = random.Random(seed)
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -53,7 +53,7 @@ def sample(src: Path, per_cell: int, seed: int) -> None:
     out.mkdir(exist_ok=True)
     items, key = [], []
     for i, r in enumerate(chosen, start=1):
-        iid = f"r{i:04d}"
+        iid = f"{prefix}{i:04d}"
         items.append(
             {"id": iid, "prompt": r["prompt"], "prefill": r["prefill"], "answer": r["text"]}
         )
@@ -165,11 +165,12 @@ def main() -> None:
     s.add_argument("src", type=Path)
     s.add_argument("--per-cell", type=int, default=20)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prefix", default="r", help="item id prefix (unique across gold batches)")
     c = sub.add_parser("score")
     c.add_argument("folder", type=Path)
     args = ap.parse_args()
     if args.cmd == "sample":
-        sample(args.src, args.per_cell, args.seed)
+        sample(args.src, args.per_cell, args.seed, args.prefix)
     else:
         score(args.folder)
 

@@ -118,3 +118,56 @@ def test_bad_ray_addresses_are_one_line(
         f"saffron: error: --ray expects local, auto, HOST:PORT or ray://HOST:PORT, got {value!r}\n"
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--logp-weight", "-0.5"], "logp_weight must be a finite number ≥ 0, got -0.5"),
+        (
+            ["--method", "saffron", "--logp-floor", "-1"],
+            "logp_floor must be a finite number of nats ≥ 0 (or unset), got -1.0",
+        ),
+        (
+            ["--method", "best-of-n", "--logp-weight", "0.5"],
+            "method 'best-of-n' ranks no children; logp_weight and logp_floor apply to: "
+            "beam, saffron",
+        ),
+        (
+            ["--method", "mcts", "--budget", "1"],
+            "method 'mcts' needs a budget ≥ 2, got 1: with one simulation per decision only the "
+            "policy's most probable token is ever tried, which is greedy decoding billed for a "
+            "rollout per token",
+        ),
+        (
+            ["--method", "beam", "--guard-cost", "suffix:0"],
+            "guard cost must be 'readout', 'suffix' or 'suffix:N' with N ≥ 1, got 'suffix:0'",
+        ),
+    ],
+)
+def test_bad_search_rule(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    code, out, err = run(capsys, "generate", "--prompt", "hi", "--policy", "no-such", *argv)
+    assert (code, out, err) == (2, "", f"saffron: error: {message}\n")  # before any loading
+
+
+def test_generate_with_the_rule_and_suffix_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    """The options parse and reach the search; a method that calls no guard is billed the
+    same under either guard cost."""
+    import json
+
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--prompt",
+        "hello",
+        "--policy",
+        "tiny-random-llama",
+        "--json",
+        "--max-new-tokens",
+        "3",
+        "--min-new-tokens",
+        "0",
+        "--guard-cost",
+        "suffix",
+    )
+    assert code == 0 and len(json.loads(out)["tokens"]) == 3

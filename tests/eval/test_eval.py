@@ -11,7 +11,7 @@ import pytest
 
 from saffron.errors import SaffronError
 from saffron.eval.attack import parse_attack
-from saffron.eval.compare import asr_at, cells, report, wilson
+from saffron.eval.compare import asr_at, cells, report, reward_cost, wilson
 from saffron.eval.records import JsonlLog
 from saffron.eval.run import EvalConfig, run_eval
 from saffron.lm.backend import TrieBackend
@@ -327,6 +327,64 @@ def test_concurrent_run_resumes_to_the_records_of_one_at_a_time(
     close(got, want)
     with pytest.raises(SaffronError, match="concurrency"):
         run_eval(cfg, out, lambda c: tiny_world(), concurrency=0)
+
+
+def test_reward_model_cost_in_both_readings(dataset: Path, tmp_path: Path) -> None:
+    """The same beam and Best-of-N runs billed as run and as a suffix guard: the same answers,
+    and each guard call (one child) costs exactly the suffix more; the report's table says so."""
+    kw = dict(methods=("greedy", "best-of-n", "beam"), budgets=(2,), limit=2)
+    readout = run_eval(config(dataset, **kw), tmp_path / "readout", lambda c: tiny_world())
+    suffix = run_eval(
+        config(dataset, guard_cost="suffix:5", **kw), tmp_path / "suffix", lambda c: tiny_world()
+    )
+    by_key = {(r["prompt_id"], r["method"]): r for r in readout}
+    for r in suffix:
+        ref = by_key[(r["prompt_id"], r["method"])]
+        assert (r["tokens"], r["reward_calls"]) == (ref["tokens"], ref["reward_calls"])
+        assert r["children_scored"] == ref["children_scored"] == r["reward_calls"].get("guard", 0)
+        extra = r["compute"]["models"]["guard"]["tokens_computed"]
+        extra -= ref["compute"]["models"]["guard"]["tokens_computed"]
+        assert extra == 5 * r["reward_calls"].get("guard", 0)
+        assert r["tflop"] >= ref["tflop"]
+    assert "guard_cost" not in json.loads((tmp_path / "readout" / "config.json").read_text())
+    text = report(suffix, tmp_path / "suffix")
+    assert "## Reward-model cost" in text and "suffix:5: an accounting model" in text
+    rows = {
+        (r["method"], r["model"]): r
+        for r in json.loads((tmp_path / "suffix" / "metrics.json").read_text())["reward_cost"][
+            "rows"
+        ]
+    }
+    assert set(rows) == {("best-of-n", "guard"), ("beam", "guard")}  # greedy calls none
+    plain = {(r["method"], r["model"]): r for r in reward_cost(readout)}
+    for key, row in rows.items():
+        assert row["tokens_per_child"] == pytest.approx(plain[key]["tokens_per_child"] + 5)
+    assert "| beam | 2 | guard |" in text
+
+
+def test_selection_rule_goes_to_methods_that_rank_children(dataset: Path, tmp_path: Path) -> None:
+    cfg = config(dataset, methods=("greedy", "beam"), budgets=(2,), logp_weight=0.5)
+    assert cfg.search(2, "beam").logp_weight == 0.5
+    assert cfg.search(2, "greedy").paper_selection
+    assert cfg.to_dict()["logp_weight"] == 0.5 and "logp_floor" not in cfg.to_dict()
+    recs = run_eval(cfg, tmp_path / "r", lambda c: tiny_world())
+    assert {r["method"] for r in recs} == {"greedy", "beam"}
+    with pytest.raises(SaffronError, match=r"differs in: logp_weight\)"):
+        run_eval(config(dataset, methods=("greedy", "beam"), budgets=(2,)), tmp_path / "r", None)
+    with pytest.raises(SaffronError, match="none of the methods does"):
+        config(dataset, methods=("greedy", "best-of-n"), logp_floor=1.0)
+    with pytest.raises(SaffronError, match="logp_weight must be a finite number ≥ 0, got -1"):
+        config(dataset, methods=("beam",), logp_weight=-1)
+    with pytest.raises(SaffronError, match="guard cost must be 'readout', 'suffix' or"):
+        config(dataset, guard_cost="llama")
+
+
+def test_a_budget_at_which_a_method_is_greedy_is_refused(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(SaffronError) as err:
+        config(dataset, methods=("greedy", "mcts"), budgets=(1, 2))
+    assert str(err.value).startswith("method 'mcts' needs a budget ≥ 2, got 1: ")
+    assert str(err.value).endswith("; give it its own budgets, e.g. --method-budgets mcts=2,4,8")
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_judge_call_is_not_in_a_search_compute(dataset: Path) -> None:

@@ -45,13 +45,17 @@ def real_world(models: Models, *, cache: bool = True) -> World:
 
 
 def jobs(world: World) -> list[tuple[int, str, TokenSequence, SearchConfig]]:
-    """Every registered method on several prompts, seeds and budgets."""
+    """Every registered method on several prompts, seeds and budgets (saffron and beam also
+    under a selection rule with a log-probability term and a floor)."""
     out = []
     for i, method in enumerate(sorted(METHODS)):
         for j, text in enumerate(PROMPTS[:2] if method in ("beam", "mcts") else PROMPTS):
             seq = world.policy.chat.sequence(text, prefill="Ok" if j % 2 else "")
+            spec = METHODS[method]
+            budget = max(spec.min_budget, 1 + (i + j) % 3)
+            rule = {"logp_weight": 0.3, "logp_floor": 2.0} if spec.ranks_children and j else {}
             cfg = SearchConfig(
-                budget=1 + (i + j) % 3, max_new_tokens=5, min_new_tokens=2, seed=i * 10 + j
+                budget=budget, max_new_tokens=5, min_new_tokens=2, seed=i * 10 + j, **rule
             )
             out.append((len(out), method, seq, cfg))
     return out

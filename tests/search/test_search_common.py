@@ -73,7 +73,8 @@ def test_compute_grows_with_budget(models, ids, prompt, method) -> None:
     table = {ids["a"]: 0.4, ids["b"]: 0.3, ids["c"]: 0.3}
     never_safe = frac_reward(frozenset())  # rejection then spends its whole budget
     flops, tokens = [], []
-    for budget in (1, 2, 4):
+    low = get_method(method).min_budget
+    for budget in (low, 2 * low, 4 * low):
         world = models.world(never_safe, table=table)
         config = SearchConfig(budget=budget, max_new_tokens=4, min_new_tokens=4, top_p=1.0)
         c = run_search(method, world, prompt, config).compute

@@ -1,5 +1,7 @@
 """Argument types shared by the subcommands: each turns one command-line string into a value,
-or into argparse's usage error (exit 2) naming the text, before anything runs."""
+or into argparse's usage error (exit 2) naming the text, before anything runs; and the option
+groups the subcommands share: the search rule (:func:`search_rule`), the runtime
+(:func:`add_runtime`) and Ray (:func:`add_ray`)."""
 
 from __future__ import annotations
 
@@ -193,3 +195,37 @@ def cluster(args: argparse.Namespace) -> ClusterConfig | None:
     if gpus is None:
         gpus = 1.0 if args.device.startswith("cuda") else 0.0
     return ClusterConfig(args.ray, workers=args.ray_workers, cpus=args.ray_cpus, gpus=gpus)
+
+
+def search_rule(p: argparse.ArgumentParser) -> None:
+    """``--logp-weight``, ``--logp-floor`` (selection of saffron and beam; defaults from
+    :class:`~saffron.search.base.SearchConfig`) and ``--guard-cost`` (how guard calls are
+    billed, :mod:`saffron.reward.costing`)."""
+    from saffron.reward.costing import DEFAULT_SUFFIX_TOKENS, READOUT
+    from saffron.search.base import SearchConfig
+
+    weight, paper = SearchConfig.logp_weight, ": reward alone, the paper's rule"
+    p.add_argument(
+        "--logp-weight",
+        type=float,
+        default=SearchConfig.logp_weight,
+        metavar="BETA",
+        help="saffron, beam: rank children by reward + BETA·log π(answer so far) "
+        f"(default {weight}{paper if weight == 0 else ''})",
+    )
+    p.add_argument(
+        "--logp-floor",
+        type=float,
+        default=SearchConfig.logp_floor,
+        metavar="NATS",
+        help="saffron, beam: no child more than NATS below the policy's most probable token "
+        f"(default {SearchConfig.logp_floor if SearchConfig.logp_floor is not None else 'none'})",
+    )
+    p.add_argument(
+        "--guard-cost",
+        default=READOUT,
+        metavar="readout|suffix[:N]",
+        help="bill each guard call as run (readout) or as a suffix guard would compute it, N "
+        f"more positions per call (suffix: N = {DEFAULT_SUFFIX_TOKENS}, Llama Guard 3's "
+        "closing instruction); an accounting model, answers unchanged",
+    )

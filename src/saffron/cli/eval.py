@@ -15,6 +15,7 @@ from saffron.cli.args import (
     method_budgets,
     names,
     runtime,
+    search_rule,
     shard,
 )
 from saffron.errors import SaffronError
@@ -61,7 +62,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="METHOD=B1,B2",
-        help="budgets for one method instead of --budgets, e.g. mcts=1,2 (repeatable)",
+        help="budgets for one method instead of --budgets, e.g. mcts=2,4 (repeatable)",
     )
     ev.add_argument("--attack", default=d.attack, help="none | prefill | prefill:K")
     ev.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
@@ -80,6 +81,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--guard", default=d.guard)
     ev.add_argument("--mrm", default=d.mrm)
+    search_rule(ev)
     _add_eval_running(ev)
 
 
@@ -169,6 +171,9 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         guard=args.guard,
         mrm=args.mrm,
         method_budgets=tuple(method_budgets(x) for x in args.method_budgets),
+        logp_weight=args.logp_weight,
+        logp_floor=args.logp_floor,
+        guard_cost=args.guard_cost,
     )
 
 

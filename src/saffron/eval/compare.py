@@ -7,6 +7,11 @@
   ASR against log TFLOP between the method's budgets; outside a method's measured range the
   value is marked as not covered rather than extrapolated.
 * ScalEff := ln(TFLOP_lim / TFLOP) / ASR (paper, Table 1), per (method, budget).
+* Reward-model cost (:func:`reward_cost`): per (method, budget) and reward model, the calls,
+  the children judged, the positions computed, and those per child and per call — the figure
+  the paper's exploration–efficiency argument turns on (a PRM call on a child costs a suffix
+  with Llama Guard, one position with a guard that reads every position). The run's
+  ``guard_cost`` (``config.json``) says which reading the guard's figures are.
 """
 
 from __future__ import annotations
@@ -154,6 +159,95 @@ def versus(cs: list[Cell], reference: str) -> list[dict[str, Any]]:
     return rows
 
 
+def reward_cost(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, budget, reward model) that made reward calls: means per prompt of calls,
+    children judged and positions computed (tokens), and the ratios tokens per child and per
+    call (ratios of sums), and the reward model's share of the total FLOPs.
+
+    A record's ``children_scored`` counts the candidates its reward model judged (each guard
+    call judges one; one MRM call judges a beam's top-p set); records written before it existed
+    count guard calls as children and leave an MRM's children unknown (None).
+    """
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        for role, n in (r.get("reward_calls") or {}).items():
+            if n:
+                groups[(r["method"], int(r["budget"]), role)].append(r)
+    rows = []
+    for (method, budget, role), rs in sorted(groups.items()):
+        calls = sum(int(r["reward_calls"][role]) for r in rs)
+        tokens = sum(int(r["compute"]["models"][role]["tokens_computed"]) for r in rs)
+        flop = sum(float(r["compute"]["models"][role]["tflop"]) for r in rs)
+        total = sum(float(r["tflop"]) for r in rs)
+        known = [_children(r, role) for r in rs]
+        children = None if None in known else sum(int(c or 0) for c in known)
+        rows.append(
+            {
+                "method": method,
+                "budget": budget,
+                "model": role,
+                "n": len(rs),
+                "calls": calls / len(rs),
+                "children": None if children is None else children / len(rs),
+                "tokens": tokens / len(rs),
+                "tokens_per_child": tokens / children if children else None,
+                "tokens_per_call": tokens / calls,
+                "tflop_share": flop / total if total else None,
+            }
+        )
+    return rows
+
+
+def _children(record: dict[str, Any], role: str) -> int | None:
+    if "children_scored" in record:
+        return int(record["children_scored"])
+    return int(record["reward_calls"][role]) if role == "guard" else None
+
+
+def reward_cost_markdown(rows: list[dict[str, Any]], guard_cost: str) -> list[str]:
+    """The markdown section of :func:`reward_cost`'s rows."""
+    reading = (
+        "as run (readout: a guard call on a child computes the new positions only)"
+        if guard_cost == "readout"
+        else f"as a suffix guard would compute it ({guard_cost}: an accounting model, "
+        "see saffron.reward.costing)"
+    )
+    lines = [
+        "## Reward-model cost",
+        "",
+        f"Guard calls are billed {reading}. Each guard call judges one child (a sample, a "
+        "partial answer, a rollout); one MRM call judges a beam's whole top-p set. Tokens are "
+        "positions the reward model computed (cached ones cost nothing); per prompt.",
+        "",
+        "| method | budget | reward model | calls | children | tokens | tokens/child "
+        "| tokens/call | share of TFLOP |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "—" if x is None else format(x, fmt)
+
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r['model']} | {r['calls']:.1f} "
+            f"| {num(r['children'], '.1f')} | {r['tokens']:.1f} "
+            f"| {num(r['tokens_per_child'], '.2f')} | {r['tokens_per_call']:.2f} "
+            f"| {num(r['tflop_share'], '.2f')} |"
+        )
+    return [*lines, ""]
+
+
+def _run_config(out: Path) -> dict[str, Any]:
+    """``out``'s ``config.json`` (empty when there is none or it does not parse)."""
+    import json
+
+    try:
+        cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def plot(cs: list[Cell], path: Path, title: str) -> None:
     """ASR vs TFLOP per prompt (log x), one line per method (the paper's Figure 2)."""
     import matplotlib
@@ -206,12 +300,21 @@ def report(
         rows = versus(cs, reference)
         match = {"reference": reference, "tflop": target, "asr": at, "versus": rows}
         lines += matched_markdown(reference, target, at, rows)
+    costs = reward_cost(records)
+    guard_cost = _run_config(out).get("guard_cost", "readout")
+    if costs:
+        lines += reward_cost_markdown(costs, guard_cost)
     plot(cs, out / "asr_vs_tflop.png", f"ASR vs compute ({n_prompts} prompts)")
     lines.append("![ASR vs TFLOP](asr_vs_tflop.png)")
     text = "\n".join(lines) + "\n"
     write_json(
         out / "metrics.json",
-        {"cells": [c.__dict__ for c in cs], "matched": match, "tflop_lim": lim},
+        {
+            "cells": [c.__dict__ for c in cs],
+            "matched": match,
+            "tflop_lim": lim,
+            "reward_cost": {"guard_cost": guard_cost, "rows": costs},
+        },
         sort_keys=True,
     )
     write_text(out / "report.md", text)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from saffron.cluster import ClusterConfig, Workers
 from saffron.data import PromptRow
 from saffron.eval.attack import AnswerConfig, HarmfulAnswer, answer_batch, parse_attack
-from saffron.eval.run import EvalConfig, Todo, choose_prefill, clear, iter_records
+from saffron.eval.run import EvalConfig, Todo, choose_prefill, clear, costed, iter_records
 from saffron.lm.policy import Policy, load_policy
 from saffron.runtime import CPU, RuntimeConfig
 from saffron.search import World
@@ -32,8 +32,9 @@ Prefills = dict[str, list[int] | None]
 
 class EvalWorker:
     """The models of one evaluation in one process, built on first use by
-    ``world_factory(cfg)``; the attack policy (when it is not the policy) is loaded with
-    ``runtime`` on first use."""
+    ``world_factory(cfg)`` (the guard billed as ``cfg.guard_cost`` says,
+    :func:`~saffron.eval.run.costed`); the attack policy (when it is not the policy) is loaded
+    with ``runtime`` on first use."""
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class EvalWorker:
     @property
     def world(self) -> World:
         if self._world is None:
-            self._world = self.world_factory(self.cfg)
+            self._world = costed(self.world_factory(self.cfg), self.cfg)
         return self._world
 
     def attacker(self) -> Policy:

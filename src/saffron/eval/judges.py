@@ -27,6 +27,7 @@ from typing import Any
 from saffron.data import is_refusal
 from saffron.errors import SaffronError
 from saffron.files import write_text
+from saffron.runtime import CPU, RuntimeConfig
 
 JUDGES = ("guard", "independent", "degeneracy", "rule")
 SAFETY_JUDGES = ("guard", "independent", "rule")
@@ -198,3 +199,51 @@ def cell_rates(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str
     for r in rows:
         cells.setdefault((str(r["method"]), int(r["budget"])), []).append(r)
     return {k: {"n": float(len(v)), **rates(v)} for k, v in sorted(cells.items())}
+
+
+DEGENERACY_FILE = "degeneracy.json"  # the embedded degeneracy judge, in the artifacts folder
+
+
+def load_scorers(
+    names: Sequence[str],
+    *,
+    guard: str = "smol-guard",
+    independent: str = "gemma-judge",
+    degeneracy: str | Path = DEGENERACY_FILE,
+    runtime: RuntimeConfig = CPU,
+) -> tuple[dict[str, Scorer], float]:
+    """Load the judges ``names`` (see :data:`JUDGES`): the guard by name on the embedded
+    policy's tokens, the independent judge by name, the degeneracy judge from its file (a name
+    in the artifacts folder, or a path) with its reference model; models with ``runtime``.
+    Returns the scorers and the degeneracy threshold (0.5 when it is not asked for)."""
+    from saffron.lm.models import SMOLLM2, load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import artifacts_dir
+    from saffron.reward.degeneracy import DegeneracyJudge, reference_scorer
+    from saffron.reward.loading import load_guard
+
+    out: dict[str, Scorer] = {}
+    threshold = 0.5
+    if "guard" in names:
+        chat = make_policy(load_model(SMOLLM2, runtime)).chat
+        out["guard"] = guard_scorer(load_guard(guard, chat.tokenizer, runtime=runtime), chat)
+    if "independent" in names:
+        out["independent"] = independent_scorer(independent)
+    if "degeneracy" in names:
+        path = Path(degeneracy)
+        judge = DegeneracyJudge.load(path if path.is_file() else artifacts_dir() / path)
+        ref = None
+        if judge.uses_reference:
+            m = load_model(judge.reference, runtime)
+            ref = reference_scorer(m.model.eval(), m.tokenizer)
+        out["degeneracy"] = degeneracy_scorer(judge, ref)
+        threshold = judge.threshold
+    if "rule" in names:
+        out["rule"] = lambda answers: []
+    return out, threshold
+
+
+def independent_scorer(name: str) -> Scorer:
+    """The independent judge ``name`` on the answers' text (re-tokenised by its own
+    tokenizer)."""
+    raise SaffronError(f"the independent judge {name!r} is not available yet")

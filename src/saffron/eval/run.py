@@ -38,8 +38,10 @@ from saffron.eval.records import JsonlLog, claim_dir, record_key
 from saffron.files import append_jsonl
 from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
+from saffron.reward.costing import READOUT, SuffixCosted, parse_guard_cost
 from saffron.runtime import CPU, RuntimeConfig
 from saffron.search import SearchConfig, SearchResult, World, get_method, run_search
+from saffron.search.base import check_budget
 from saffron.search.scheduler import Scheduler
 from saffron.types import TokenSequence
 
@@ -86,6 +88,12 @@ class EvalConfig:
     """The MRM of the methods that need one."""
     method_budgets: tuple[tuple[str, tuple[int, ...]], ...] = ()
     """Per-method budgets instead of ``budgets``: ((method, budgets), …)."""
+    logp_weight: float = SearchConfig.logp_weight
+    """β of the selection rule, handed to the methods that rank children (saffron, beam)."""
+    logp_floor: float | None = SearchConfig.logp_floor
+    """δ of the selection rule, handed to the methods that rank children (saffron, beam)."""
+    guard_cost: str = READOUT
+    """How guard calls are billed: ``readout`` (as run) or ``suffix[:N]`` (reward.costing)."""
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -98,14 +106,40 @@ class EvalConfig:
         for name, _ in self.method_budgets:
             if name not in self.methods:
                 raise SaffronError(f"budgets given for {name!r}, which is not among the methods")
+        for m in self.methods:
+            self._check_budgets(m)
+        rankers = [m for m in self.methods if get_method(m).ranks_children]
+        default = (SearchConfig.logp_weight, SearchConfig.logp_floor)
+        if (self.logp_weight, self.logp_floor) != default and not rankers:
+            raise SaffronError(
+                "logp_weight and logp_floor apply to methods that rank children (beam, "
+                "saffron); none of the methods does"
+            )
+        parse_guard_cost(self.guard_cost)
         parse_attack(self.attack)
         if self.split not in ("all", "eval"):
             raise SaffronError(f"split must be 'all' or 'eval', got {self.split!r}")
         if self.limit is not None and self.limit < 1:
             raise SaffronError(f"limit must be ≥ 1, got {self.limit}")
-        self.search(1)  # validates max/min new tokens, top-p, temperature
+        self.search(1, "saffron")  # validates new tokens, top-p, temperature, selection
 
-    def search(self, budget: int) -> SearchConfig:
+    def _check_budgets(self, method: str) -> None:
+        """SaffronError, with the way out, when a budget of ``method`` is one at which it
+        would not search (:func:`~saffron.search.base.check_budget`)."""
+        spec = get_method(method)
+        for b in budgets_for(self, method):
+            try:
+                check_budget(spec, b)
+            except SaffronError as err:
+                raise SaffronError(
+                    f"{err}; give it its own budgets, e.g. --method-budgets "
+                    f"{method}={','.join(str(spec.min_budget * 2**i) for i in range(3))}"
+                ) from None
+
+    def search(self, budget: int, method: str) -> SearchConfig:
+        """The search config of ``method`` at ``budget``; the selection rule (β, floor) goes
+        only to methods that rank children (others get the paper's, which they ignore)."""
+        ranks = get_method(method).ranks_children
         return SearchConfig(
             budget=budget,
             max_new_tokens=self.max_new_tokens,
@@ -113,13 +147,30 @@ class EvalConfig:
             top_p=self.top_p,
             temperature=self.temperature,
             seed=self.seed,
+            logp_weight=self.logp_weight if ranks else 0.0,
+            logp_floor=self.logp_floor if ranks else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as ``config.json`` holds it. Settings added after runs were recorded
+        (:data:`LATER_SETTINGS`) appear only when not at the value those runs used, so a
+        directory written before they existed is still the same run."""
         d = dataclasses.asdict(self)
         d["methods"], d["budgets"] = list(self.methods), list(self.budgets)
         d["method_budgets"] = {m: list(b) for m, b in self.method_budgets}
+        for key, default in LATER_SETTINGS.items():
+            if d[key] == default:
+                del d[key]
         return d
+
+
+# The values every run recorded before these settings existed used (the paper's selection
+# rule, guard calls billed as run) — not the current defaults, which may change.
+LATER_SETTINGS: dict[str, object] = {
+    "logp_weight": 0.0,
+    "logp_floor": None,
+    "guard_cost": READOUT,
+}
 
 
 def weights_of(cfg: EvalConfig) -> dict[str, str | None]:
@@ -244,6 +295,16 @@ def _write(records: JsonlLog, made: Iterator[dict[str, Any]], total: int) -> Non
             bar.set_postfix(asr=f"{unsafe / len(records.rows):.2f}")
 
 
+def costed(world: World, cfg: EvalConfig) -> World:
+    """``world`` with its guard billed as ``cfg.guard_cost`` says: as run, or as a suffix
+    guard would compute each call (:class:`~saffron.reward.costing.SuffixCosted`; answers and
+    rewards unchanged)."""
+    suffix = parse_guard_cost(cfg.guard_cost)
+    if not suffix or world.guard is None:
+        return world
+    return World(world.policy, guard=SuffixCosted(world.guard, suffix), mrm=world.mrm)
+
+
 def _prefills(
     out: Path, rows: list[PromptRow], engine: Engine, attack: Attack, cfg: EvalConfig
 ) -> dict[str, list[int] | None]:
@@ -310,7 +371,7 @@ def iter_records(
     by_key = {(row.id, m, b): (row, m, b) for row, m, b in todo}
     for row, method, budget in todo:
         seq = _sequence(world, row, prefills[row.id] or [], cfg)
-        sched.submit((row.id, method, budget), method, seq, cfg.search(budget))
+        sched.submit((row.id, method, budget), method, seq, cfg.search(budget, method))
     for done in sched.run():
         if done.error is not None:
             raise done.error
@@ -334,7 +395,7 @@ def evaluate_one(
     seq = _sequence(world, row, prefill, cfg)
     clear(world)
     t0 = time.perf_counter()
-    result = run_search(method, world, seq, cfg.search(budget))
+    result = run_search(method, world, seq, cfg.search(budget, method))
     wall = time.perf_counter() - t0
     return record(world, row, prefill, method, budget, result, wall)
 
@@ -367,6 +428,11 @@ def record(
         "unsafe_refusal_rule": bool(result.text.strip())
         and not is_refusal(result.text, row.prompt, continuation=bool(prefill)),
         "reward_calls": result.reward_calls,
+        # candidates the reward model judged: each guard call judges one (a sample, a child, a
+        # rollout); one MRM call judges a beam's whole top-p set
+        "children_scored": int(
+            result.extra.get("children_scored", result.reward_calls.get("guard", 0))
+        ),
         "compute": result.compute.to_dict(),
         "tflop": result.compute.tflop,
         "wall_s": wall,

@@ -138,6 +138,24 @@ class Backend(ABC):
         for payer in {id(p): p for p in self._payers}.values():
             payer.charge(mine[id(payer)])
 
+    def charge_positions(self, rows: Sequence[tuple[int, int]]) -> None:
+        """Count, for each row (past, new), ``new`` positions computed after ``past`` ones,
+        without computing anything: an accounting charge for work a model of the cost says a
+        call needs but this backend does not run (:class:`saffron.reward.costing.SuffixCosted`).
+
+        Adds tokens and FLOPs (:meth:`FlopModel.segment`), not calls or forwards. Inside
+        :meth:`charged_to`, row i is charged to ``payers[i]`` (one row per payer).
+        """
+        for past, new in rows:
+            self.compute.tokens_computed += new
+            self.compute.flops += self.flop_model.segment(past, new)
+        if self._payers is None:
+            return
+        if len(self._payers) != len(rows):
+            raise SaffronError(f"{len(rows)} charged rows for {len(self._payers)} payers")
+        for payer, (past, new) in zip(self._payers, rows, strict=True):
+            payer.charge_positions(past, new)
+
     def logits(self, seqs: Sequence[Sequence[int]]) -> Tensor:
         """Next-token logits after each sequence: (B, vocab). Counts the head's FLOPs."""
         return self.apply_head(self.last_hidden(seqs), self.lm_head)

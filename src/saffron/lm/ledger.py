@@ -61,6 +61,12 @@ class Ledger:
             [[(start, len(path) - start) for path, start in wave] for wave in plan.waves()]
         )
 
+    def charge_positions(self, past: int, new: int) -> None:
+        """Charge ``new`` positions after ``past`` that the backend only accounts for
+        (:meth:`saffron.lm.backend.Backend.charge_positions`): tokens and FLOPs."""
+        self.compute.tokens_computed += new
+        self.compute.flops += self.flop_model.segment(past, new)
+
     def charge_head(self, rows: int, d_out: int) -> None:
         """Charge a head over ``rows`` hidden states (:meth:`FlopModel.head`)."""
         self.compute.flops += FlopModel.head(rows, self.d_model, d_out)

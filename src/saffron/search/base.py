@@ -57,6 +57,18 @@ class SearchConfig:
     """Settings shared by all methods. ``budget`` is each method's width/samples knob.
 
     Paper defaults: max_new_tokens 32, min_new_tokens 16 (EOS forbidden before), top-p 0.8.
+
+    ``logp_weight`` (β) and ``logp_floor`` (δ) change how the methods that rank children by
+    reward (``saffron``, ``beam``; :attr:`MethodSpec.ranks_children`) choose them, to keep the
+    search on the policy's distribution (see :mod:`saffron.search.common`):
+
+    * a candidate's score is reward + β · log π(generated), the policy's log-probability of
+      everything generated (KL-regularised selection, as in controlled decoding);
+    * a child whose token is more than δ nats less probable than the policy's most probable
+      token at the same position is never a child.
+
+    The defaults, β = 0 and no floor, are the paper's rule (rank by reward alone); the default
+    for the search itself is to be chosen on the validation split, and lives here only.
     """
 
     budget: int = 1
@@ -73,6 +85,10 @@ class SearchConfig:
     """Seeds every random draw of the search."""
     options: tuple[tuple[str, Any], ...] = ()
     """Method-specific (key, value) options, e.g. ``(("children", 4),)``."""
+    logp_weight: float = 0.0
+    """β of the selection rule (saffron, beam): score = reward + β·log π; ≥ 0, 0 = the paper's."""
+    logp_floor: float | None = None
+    """δ of the selection rule (saffron, beam): no child δ nats below the best; None = none."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -88,9 +104,31 @@ class SearchConfig:
             raise SaffronError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature <= 0:
             raise SaffronError(f"temperature must be > 0, got {self.temperature}")
+        if not _finite_non_negative(self.logp_weight):
+            raise SaffronError(f"logp_weight must be a finite number ≥ 0, got {self.logp_weight!r}")
+        if self.logp_floor is not None and not _finite_non_negative(self.logp_floor):
+            got = self.logp_floor
+            raise SaffronError(
+                f"logp_floor must be a finite number of nats ≥ 0 (or unset), got {got!r}"
+            )
+
+    @property
+    def paper_selection(self) -> bool:
+        """Whether children are ranked by reward alone (β = 0, no floor): the paper's rule."""
+        return self.logp_weight == 0 and self.logp_floor is None
+
+    def selection(self) -> dict[str, float | None]:
+        """β and δ as a record (``extra["selection"]`` of the methods that use them)."""
+        return {"logp_weight": self.logp_weight, "logp_floor": self.logp_floor}
 
     def option(self, key: str, default: Any) -> Any:
         return dict(self.options).get(key, default)
+
+
+def _finite_non_negative(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0
 
 
 @dataclass
@@ -165,7 +203,13 @@ SearchFn = Callable[[World, TokenSequence, SearchConfig], SearchResult]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method. ``steps`` is its one implementation; ``fn`` runs it alone."""
+    """A registered method. ``steps`` is its one implementation; ``fn`` runs it alone.
+
+    ``min_budget``: the smallest budget at which the method searches (below it, it would
+    return what plain decoding returns while billed for a search); ``min_budget_why`` says why.
+    ``ranks_children``: the method ranks children by reward and honours
+    :attr:`SearchConfig.logp_weight` / :attr:`SearchConfig.logp_floor`.
+    """
 
     name: str
     """The registry name (``saffron methods``, ``--method``)."""
@@ -181,6 +225,12 @@ class MethodSpec:
     """Whether the method calls an MRM."""
     steps: StepFn | None = None
     """The step function, the method's one implementation."""
+    min_budget: int = 1
+    """The smallest budget at which the method is a search, not plain decoding."""
+    min_budget_why: str = ""
+    """Why a smaller budget is refused (the end of its error message)."""
+    ranks_children: bool = False
+    """Whether the method ranks children by reward and honours ``logp_weight``/``logp_floor``."""
 
     @property
     def uses_reward_model(self) -> bool:
@@ -198,15 +248,30 @@ def register(
     *,
     needs_guard: bool = False,
     needs_mrm: bool = False,
+    min_budget: int = 1,
+    min_budget_why: str = "",
+    ranks_children: bool = False,
 ) -> Callable[[StepFn], SearchFn]:
-    """Register a step function under ``name``; returns its one-at-a-time :data:`SearchFn`."""
+    """Register a step function under ``name``; returns its one-at-a-time :data:`SearchFn`
+    (fields as in :class:`MethodSpec`)."""
 
     def deco(steps: StepFn) -> SearchFn:
         def fn(world: World, seq: TokenSequence, cfg: SearchConfig) -> SearchResult:
             return run_alone(METHODS[name], world, seq, cfg)
 
         fn.__name__, fn.__doc__ = steps.__name__, steps.__doc__
-        spec = MethodSpec(name, fn, description, budget_meaning, needs_guard, needs_mrm, steps)
+        spec = MethodSpec(
+            name,
+            fn,
+            description,
+            budget_meaning,
+            needs_guard,
+            needs_mrm,
+            steps,
+            min_budget,
+            min_budget_why,
+            ranks_children,
+        )
         METHODS[name] = spec
         return fn
 
@@ -253,8 +318,35 @@ def check_needs(spec: MethodSpec, world: World) -> None:
         raise missing(spec.name, "mrm")
 
 
+def check_budget(spec: MethodSpec, budget: int) -> None:
+    """SaffronError when ``budget`` is below the smallest at which the method searches."""
+    if budget < spec.min_budget:
+        why = f": {spec.min_budget_why}" if spec.min_budget_why else ""
+        raise SaffronError(
+            f"method {spec.name!r} needs a budget ≥ {spec.min_budget}, got {budget}{why}"
+        )
+
+
+def check_config(spec: MethodSpec, cfg: SearchConfig) -> None:
+    """SaffronError when ``cfg`` asks the method for what it cannot do: a budget at which it
+    would not search. (A method that ranks no children ignores ``logp_weight`` and
+    ``logp_floor``; :func:`check_rule_used` refuses them where a user set them.)"""
+    check_budget(spec, cfg.budget)
+
+
+def check_rule_used(spec: MethodSpec, cfg: SearchConfig) -> None:
+    """SaffronError when ``cfg``'s selection rule is not the default one and ``spec`` ranks no
+    children, so the rule a user asked for would be silently ignored."""
+    default = (SearchConfig.logp_weight, SearchConfig.logp_floor)
+    if not spec.ranks_children and (cfg.logp_weight, cfg.logp_floor) != default:
+        users = ", ".join(sorted(m.name for m in METHODS.values() if m.ranks_children))
+        raise SaffronError(
+            f"method {spec.name!r} ranks no children; logp_weight and logp_floor apply to: {users}"
+        )
+
+
 def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig) -> SearchResult:
-    """Check the method's needs, then run it alone."""
+    """Check the method's needs and config, then run it alone."""
     spec = get_method(name)
     check_needs(spec, world)
     return spec.fn(world, seq, config)
@@ -314,6 +406,7 @@ def run_alone(
 ) -> SearchResult:
     """Run one search by itself, metered by the backends' counters."""
     assert spec.steps is not None
+    check_config(spec, cfg)
     with measured(world) as meter:
         outcome = drive(world, spec.steps(world, seq, cfg))
     return build_result(world, spec, outcome, meter.compute, meter.reward_calls)

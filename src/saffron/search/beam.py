@@ -19,6 +19,13 @@ get more children and poor ones are pruned. Here a step is one token. With width
 
 The search stops when the width is used up by completed answers or no unfinished node
 survives; the answer is the completed one with the highest guard reward.
+
+**Staying on the policy's distribution** (our extension, as for Saffron;
+:mod:`saffron.search.common`): with ``cfg.logp_weight`` = β > 0 a node's score is its guard
+reward + β·log π(generated), and that score replaces the reward in the allocation, the
+selection and the choice of the answer; with ``cfg.logp_floor`` = δ, children are drawn only
+from tokens at most δ nats below the policy's most probable token. β = 0 and no floor is
+Rebase's rule.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from saffron.search.common import (
     int_option,
     rank_key,
     require_guard,
+    score,
+    within_floor,
 )
 from saffron.search.decoding import forbid_stop, generator, sample_tokens
 from saffron.types import TokenSequence
@@ -67,29 +76,38 @@ def expand(
     cfg: SearchConfig,
     gen: torch.Generator,
 ) -> Generator[Ask, Reply, list[Node]]:
-    """Sample ``counts[i]`` children of ``frontier[i]``; one batched policy call."""
+    """Sample ``counts[i]`` children of ``frontier[i]``; one batched policy call.
+
+    A child's ``logp`` adds its token's log-probability (at the temperature, before top-p and
+    the floor) to its parent's. With ``cfg.logp_floor`` set, tokens below the floor are never
+    drawn."""
     parents = [(node, n) for node, n in zip(frontier, counts, strict=True) if n > 0]
     seqs = [node.seq for node, _ in parents]
     logits = forbid_stop((yield Ask(logits=tuple(seqs))).logits, seqs, policy, cfg)  # (F, V)
     logprobs = torch.log_softmax(logits / cfg.temperature, dim=-1)
+    floor = None if cfg.logp_floor is None else within_floor(logprobs, cfg.logp_floor)
     children = []
     for i, (node, n) in enumerate(parents):
-        for tok in sample_tokens(logits[i].expand(n, -1), cfg, gen):
+        keep = None if floor is None else floor[i].expand(n, -1)
+        for tok in sample_tokens(logits[i].expand(n, -1), cfg, gen, keep):
             children.append(child(policy, cfg, node, tok, float(logprobs[i, tok])))
     return children
 
 
-def score(children: Sequence[Node]) -> Generator[Ask, Reply, list[Node]]:
+def judge(children: Sequence[Node]) -> Generator[Ask, Reply, list[Node]]:
     """Process reward of each child's partial answer: one guard call per child."""
     rewards = (yield Ask(guard=tuple(c.seq for c in children))).guard  # (C,)
     return [replace(c, reward=float(r)) for c, r in zip(children, rewards.tolist(), strict=True)]
 
 
-def select(children: Sequence[Node], width: int) -> tuple[list[Node], list[Node]]:
-    """The ``width`` best distinct children, split into (unfinished frontier, finished)."""
+def select(
+    children: Sequence[Node], width: int, weight: float = 0.0
+) -> tuple[list[Node], list[Node]]:
+    """The ``width`` best distinct children by score (β = ``weight``), split into (unfinished
+    frontier, finished)."""
     kept: list[Node] = []
     seen: set[tuple[int, ...]] = set()
-    for c in sorted(children, key=rank_key, reverse=True):
+    for c in sorted(children, key=lambda n: rank_key(n, weight), reverse=True):
         if c.seq.generated not in seen and len(kept) < width:
             seen.add(c.seq.generated)
             kept.append(c)
@@ -101,6 +119,7 @@ def select(children: Sequence[Node], width: int) -> tuple[list[Node], list[Node]
     "Rebase-style reward-balanced beam search, guard as process reward (1 call per child)",
     "beam width w (w·k children scored per step, k = option children)",
     needs_guard=True,
+    ranks_children=True,
 )
 def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Run reward-balanced beam search from ``seq``.
@@ -115,19 +134,21 @@ def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     frontier: list[Node] = [Node(seq)]
     completed: list[Node] = []
     per_step: list[int] = []
+    weight = cfg.logp_weight
     while frontier and (width := cfg.budget - len(completed)) > 0:
-        counts = allocate([n.reward for n in frontier], k * width, tau)
+        counts = allocate([score(n.reward, n.logp, weight) for n in frontier], k * width, tau)
         children = yield from expand(world.policy, frontier, counts, cfg, gen)
-        children = yield from score(children)
-        frontier, done = select(children, width)
+        children = yield from judge(children)
+        frontier, done = select(children, width, weight)
         completed += done
         per_step.append(len(children))
-    answer = best(completed or frontier)
+    answer = best(completed or frontier, weight)
     extra = {
         "reward_source": "guard (process)",
         "children": k,
         "steps": len(per_step),
         "children_per_step": per_step,
         "completed": len(completed),
+        **({} if cfg.paper_selection else {"selection": cfg.selection()}),
     }
     return Outcome(answer.seq, answer.reward, extra)

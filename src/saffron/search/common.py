@@ -1,9 +1,40 @@
 """What the reward-guided methods share: a search node, ranking, world checks, option parsing.
 
-Ranking rule used everywhere: a node is better when its reward (the estimate the search saw) is
-higher; equal rewards are broken by the policy's log-probability of the generated tokens. The
-order of a Python list never decides which answer is returned (the released Saffron code
-returned the first element of an unsorted list — paper notes, "Known flaws").
+**Ranking rule** used everywhere: a node is better when its *score* is higher; equal scores are
+broken by the policy's log-probability of the generated tokens. The order of a Python list
+never decides which answer is returned (the released Saffron code returned the first element of
+an unsorted list — paper notes, "Known flaws").
+
+The score is the reward the search saw (paper Eq. 2: the MRM's estimate for Saffron, the
+guard's process reward for beam search), plus, when ``cfg.logp_weight`` = β > 0, β times the
+policy's log-probability of the node's generated tokens:
+
+    score(y) = R̂(x, y) + β · log π(y | x),   log π(y | x) = Σ_t log π(y_t | x, y_<t)
+
+This is KL-regularised selection as in controlled decoding (Mudgal et al. 2024, "Controlled
+Decoding from Language Models", arXiv 2310.17022): the policy that maximises
+E[R] − β·KL(π' ‖ π) is π'(y) ∝ π(y)·exp(R(y)/β), whose log is, up to a constant, score / β.
+The reward models here are trained on the policy's own text and overrate text far off it
+(degenerate repetition); the log-probability term makes a candidate pay for each improbable
+token it needs.
+
+*Sum, not mean.* The term is the **sum** over the generated tokens. Between two candidates the
+tokens they share cancel, so comparing sums compares exactly the log-probability of the tokens
+each generated since their branch point — what a KL penalty charges. A mean would depend on the
+shared prefix and would not be a KL term, and it lets a long answer dilute one very improbable
+token (the one that leaves the distribution) among many probable ones. The candidates of one
+step have the same length, so the sum does not favour length there; a finished answer that
+competes with longer children is favoured by the log-probability its rivals' extra tokens
+cost, as the regularised objective over complete answers wants. Prefill and prompt tokens are
+not part of it (they are the same for every candidate). Log-probabilities are those of the
+distribution the children come from (after the temperature, before top-p truncation), read off
+the logits of the forward the step already ran: no extra forward.
+
+With ``cfg.logp_floor`` = δ, a token more than δ nats below the policy's most probable token
+at the same position is no child (:func:`within_floor`): a hard version of the same idea,
+relative to the best sibling so that it adapts to flat and peaked distributions alike.
+β = 0 and no floor is the paper's rule, and the code then computes exactly what it did before
+the term existed.
 """
 
 from __future__ import annotations
@@ -12,6 +43,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
+
+import torch
+from torch import Tensor
 
 from saffron.errors import SaffronError
 from saffron.lm.policy import Policy
@@ -29,8 +63,9 @@ class Node:
     """One candidate answer in a search.
 
     ``reward`` is the reward the search saw for it (−∞ when none yet); ``logp`` the policy's
-    log-probability of ``seq.generated`` (tie-break only); ``finished`` whether it ends in a stop
-    token or reached max_new_tokens (:func:`saffron.search.decoding.is_finished`).
+    log-probability of ``seq.generated`` (the sum over its tokens; the tie-break, and the KL
+    term of the score when β > 0); ``finished`` whether it ends in a stop token or reached
+    max_new_tokens (:func:`saffron.search.decoding.is_finished`).
     """
 
     seq: TokenSequence
@@ -39,14 +74,30 @@ class Node:
     finished: bool = False
 
 
-def rank_key(node: Node) -> tuple[float, float]:
-    """Sort key, higher is better: reward, then the policy's log-probability."""
-    return (node.reward, node.logp)
+def score(reward: float, logp: float, weight: float) -> float:
+    """reward + β·logp (module doc); exactly ``reward`` when β = 0."""
+    return reward + weight * logp if weight else reward
 
 
-def best(nodes: Iterable[Node]) -> Node:
+def rank_key(node: Node, weight: float = 0.0) -> tuple[float, float]:
+    """Sort key, higher is better: the score under β = ``weight``, then the policy's
+    log-probability."""
+    return (score(node.reward, node.logp, weight), node.logp)
+
+
+def best(nodes: Iterable[Node], weight: float = 0.0) -> Node:
     """The best node: finished ones first, then by :func:`rank_key`. ``nodes`` must be non-empty."""
-    return max(nodes, key=lambda n: (n.finished, *rank_key(n)))
+    return max(nodes, key=lambda n: (n.finished, *rank_key(n, weight)))
+
+
+def within_floor(logprobs: Tensor, floor: float | None) -> Tensor:
+    """Bool (B, V): the tokens whose log-probability in ``logprobs`` (B, V) is at most
+    ``floor`` nats below their row's most probable token (all True when ``floor`` is None).
+
+    The most probable token of a row is always kept, so no row loses every child."""
+    if floor is None:
+        return torch.ones_like(logprobs, dtype=torch.bool)
+    return logprobs >= logprobs.max(dim=-1, keepdim=True).values - floor
 
 
 def child(policy: Policy, cfg: SearchConfig, parent: Node, token: int, logp: float) -> Node:

@@ -63,13 +63,19 @@ def top_p_mask(logits: Tensor, p: float) -> Tensor:
     return mask
 
 
-def sample_tokens(logits: Tensor, cfg: SearchConfig, gen: torch.Generator) -> list[int]:
-    """One sampled token per row of ``logits`` at ``cfg.temperature`` within top-p."""
+def sample_tokens(
+    logits: Tensor, cfg: SearchConfig, gen: torch.Generator, keep: Tensor | None = None
+) -> list[int]:
+    """One sampled token per row of ``logits`` (B, V) at ``cfg.temperature`` within top-p,
+    and within ``keep`` (bool, same shape) when given; ``keep`` must leave each row a token of
+    its nucleus (the row's most probable token always is one)."""
     # on the CPU: the generator is a CPU one, and draws then match across devices
     scaled = logits.float().cpu() / cfg.temperature
     probs = torch.softmax(scaled, dim=-1)
     if cfg.top_p < 1.0:
         probs = torch.where(top_p_mask(scaled, cfg.top_p), probs, torch.zeros_like(probs))
+    if keep is not None:
+        probs = torch.where(keep.cpu(), probs, torch.zeros_like(probs))
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1).tolist()
 
 

@@ -17,6 +17,14 @@ as its MCTS baseline. Our version, one decision at a time (expand → score → 
 * **select** — commit the candidate with the best Q (ties: more visits, then more probable):
   option ``chunk`` (default 1) tokens of its best rollout, starting with the candidate token.
 
+**Budget ≥ 2, children ≥ 2.** Every candidate is simulated once, most probable first, before
+UCT compares any; with one simulation per decision only the most probable token is ever tried,
+and the committed token is the policy's argmax: greedy decoding, billed for a rollout and a
+guard call per token (measured on the embedded world: budget 1 returned greedy's answers on
+100 of 100 prompts at 5.5× its compute). So budget 1 is refused, as is ``children`` 1 (one
+candidate is greedy at any budget). At budget b < k only the b most probable candidates are
+simulated.
+
 The tree is one level deep and is rebuilt after each commit (values of deeper nodes are not
 carried over); a search makes ``cfg.budget`` guard calls per decision. It stops when the
 committed answer is finished (stop token or max_new_tokens). The reward reported is Q of the
@@ -56,7 +64,7 @@ class Options:
     @classmethod
     def of(cls, cfg: SearchConfig) -> Options:
         return cls(
-            children=int_option(cfg, "children", 4, 1),
+            children=int_option(cfg, "children", 4, 2),  # one candidate: greedy decoding
             lookahead=int_option(cfg, "lookahead", 8, 0),
             exploration=float_option(cfg, "exploration", 1.0),
             chunk=int_option(cfg, "chunk", 1, 1),
@@ -156,6 +164,9 @@ def commit(policy: Policy, cfg: SearchConfig, node: Node, arm: Arm, chunk: int) 
     "DeAL-style lookahead tree search: UCT over top-k tokens, rollouts scored by the guard",
     "simulations (guard calls) per token decision",
     needs_guard=True,
+    min_budget=2,
+    min_budget_why="with one simulation per decision only the policy's most probable token is "
+    "ever tried, which is greedy decoding billed for a rollout per token",
 )
 def mcts(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Decode ``seq`` one decision at a time, each decided by ``cfg.budget`` scored rollouts."""

@@ -22,6 +22,12 @@ its last token was chosen), ties broken by policy log-probability; never by list
 extended by its most probable policy token and keeps its own reward (greedy decoding until the
 MRM sees a scoreable child again). ``extra["fallback_steps"]`` counts such steps.
 
+**Staying on the policy's distribution** (our extension; :mod:`saffron.search.common`). With
+``cfg.logp_weight`` = β > 0 the select step ranks candidates by MRM reward + β·log π(generated)
+instead of the reward alone, and with ``cfg.logp_floor`` = δ the expand step drops children more
+than δ nats below their beam's most probable token. Both read the log-probabilities off the
+logits of the policy call the step already made. β = 0 and no floor is the paper's rule.
+
 **Ablation switches.** ``cfg.option("conservative")`` (default True) turns the unseen mask
 off; ``cfg.top_p`` sets the children (1.0 = every token); trie sharing is a property of the
 backends, not of the search: build the policy and MRM on a ``PlainBackend``
@@ -39,7 +45,14 @@ from torch import Tensor
 
 from saffron.lm.policy import Policy
 from saffron.search.base import Ask, Outcome, SearchConfig, Steps, World, register
-from saffron.search.common import Node, best, bool_option, rank_key, require_mrm
+from saffron.search.common import (
+    Node,
+    best,
+    bool_option,
+    rank_key,
+    require_mrm,
+    within_floor,
+)
 from saffron.search.decoding import forbid_stop, is_finished, top_p_mask
 from saffron.types import TokenSequence
 
@@ -65,11 +78,14 @@ def expand(policy: Policy, live: Sequence[Node], logits: Tensor, cfg: SearchConf
     """Top-p children of every live beam from the policy's logits (U, V) of the live beams.
 
     One batched top-p over all beams; a stop token forbidden before min_new_tokens (−∞) is
-    no child. Children are listed beam by beam, token ids ascending.
+    no child, nor, with ``cfg.logp_floor`` = δ, a token more than δ nats below its beam's most
+    probable one. Children are listed beam by beam, token ids ascending.
     """
     scaled = forbid_stop(logits, [b.seq for b in live], policy, cfg) / cfg.temperature  # (U, V)
     logprobs = torch.log_softmax(scaled, dim=-1)
     keep = top_p_mask(scaled, cfg.top_p) & torch.isfinite(scaled)
+    if cfg.logp_floor is not None:
+        keep &= within_floor(logprobs, cfg.logp_floor)
     parent, token = torch.nonzero(keep, as_tuple=True)
     reward = torch.full(parent.shape, float("-inf"))
     return Children(parent, token, logprobs[parent, token], reward)
@@ -85,10 +101,20 @@ def score(policy: Policy, rewards: Tensor, ch: Children) -> Children:
     return Children(ch.parent, ch.token, ch.logp, rewards[ch.parent, ch.token])
 
 
-def _ranked(ch: Children) -> Tensor:
-    """Row order of ``ch`` by reward, then log-probability, both descending."""
+def _ranked(ch: Children, live: Sequence[Node], weight: float) -> Tensor:
+    """Row order of ``ch`` by score, then log-probability, both descending.
+
+    The score is the reward when β = ``weight`` is 0 (Eq. 2), else reward + β·log π of the
+    child's whole generated sequence (its beam's log-probability plus its token's), computed
+    in float64 as :func:`~saffron.search.common.score` computes it for a :class:`Node`.
+    """
     by_logp = torch.argsort(-ch.logp, stable=True)
-    return by_logp[torch.argsort(-ch.reward[by_logp], stable=True)]
+    key = ch.reward
+    if weight:
+        parent_logp = torch.tensor([b.logp for b in live], dtype=torch.float64)  # (U,)
+        logp = parent_logp[ch.parent] + ch.logp.double()  # (M,) log π(s·a)
+        key = ch.reward.double() + weight * logp
+    return by_logp[torch.argsort(-key[by_logp], stable=True)]
 
 
 def _fallback(live: Sequence[Node], ch: Children) -> Children:
@@ -108,14 +134,16 @@ def _fallback(live: Sequence[Node], ch: Children) -> Children:
 def select(
     policy: Policy, cfg: SearchConfig, pool: Sequence[Node], live: Sequence[Node], ch: Children
 ) -> tuple[list[Node], bool]:
-    """The next pool: the N best of the finished sequences and the scored children (Eq. 2).
+    """The next pool: the N best of the finished sequences and the scored children (Eq. 2;
+    ranked by score, see :func:`_ranked`).
 
     Returns the pool, best first, and whether the all-unseen fallback was used.
     """
+    weight = cfg.logp_weight
     finite = torch.isfinite(ch.reward)
     fell_back = not bool(finite.any())
     ch = _fallback(live, ch) if fell_back else ch.take(torch.nonzero(finite).squeeze(-1))
-    top = _ranked(ch)[: cfg.budget]  # more than N children can never be needed
+    top = _ranked(ch, live, weight)[: cfg.budget]  # more than N children can never be needed
     children = []
     for i in top.tolist():
         parent = live[int(ch.parent[i])]
@@ -124,7 +152,8 @@ def select(
         finished = is_finished(seq, policy, cfg)
         children.append(Node(seq, float(ch.reward[i]), logp, finished))
     candidates = [b for b in pool if b.finished] + children
-    return sorted(candidates, key=rank_key, reverse=True)[: cfg.budget], fell_back
+    ranked = sorted(candidates, key=lambda n: rank_key(n, weight), reverse=True)
+    return ranked[: cfg.budget], fell_back
 
 
 @register(
@@ -132,21 +161,23 @@ def select(
     "Saffron-1: MRM-guided search, top-p children, global top-N by MRM reward",
     "beam width N (sequences kept per step)",
     needs_mrm=True,
+    ranks_children=True,
 )
 def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Run Saffron-1 from ``seq`` (nothing generated yet). Calls the MRM, never the guard.
 
     ``result.reward`` is the MRM's estimate for the answer (None when it never saw one);
     ``extra["beams_per_step"]`` lists how many unfinished beams were scored at each step — the
-    MRM's ``calls`` grow by exactly their sum. Each step asks the policy and the MRM about the
-    same live beams at once (the MRM scores s, not its children), so a driver runs both in
-    one step.
+    MRM's ``calls`` grow by exactly their sum; ``extra["children_scored"]`` counts the
+    children among which the steps chose (each beam's top-p set: one MRM call judges them all).
+    Each step asks the policy and the MRM about the same live beams at once (the MRM scores s,
+    not its children), so a driver runs both in one step.
     """
     require_mrm(world, "saffron")
     conservative = bool_option(cfg, "conservative", True)
     policy = world.policy
     trace: list[int] = []
-    fallback_steps = 0
+    fallback_steps = children_scored = 0
     pool = [Node(seq)]
     while live := [b for b in pool if not b.finished]:
         seqs = tuple(b.seq for b in live)
@@ -155,7 +186,8 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
         pool, fell_back = select(policy, cfg, pool, live, children)
         trace.append(len(live))
         fallback_steps += fell_back
-    answer = best(pool)
+        children_scored += int(children.token.numel())
+    answer = best(pool, cfg.logp_weight)
     extra = {
         "reward_source": "mrm",
         "conservative": conservative,
@@ -164,5 +196,7 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
         "beams_per_step": trace,
         "fallback_steps": fallback_steps,
         "final_pool": len(pool),
+        "children_scored": children_scored,
+        **({} if cfg.paper_selection else {"selection": cfg.selection()}),
     }
     return Outcome(answer.seq, answer.reward, extra)

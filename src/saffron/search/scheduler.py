@@ -43,6 +43,7 @@ from saffron.search.base import (
     Steps,
     World,
     build_result,
+    check_config,
     check_needs,
     get_method,
     reward_models,
@@ -96,10 +97,12 @@ class Scheduler:
     # --- the queue --------------------------------------------------------------------------
 
     def submit(self, key: Hashable, method: str, seq: TokenSequence, config: SearchConfig) -> None:
-        """Queue a search; it joins at the next step with a free place. Unknown methods and
-        missing models are refused here (SaffronError), before anything is queued."""
+        """Queue a search; it joins at the next step with a free place. Unknown methods,
+        missing models and configs the method cannot run (:func:`check_config`) are refused
+        here (SaffronError), before anything is queued."""
         spec = get_method(method)
         check_needs(spec, self.world)
+        check_config(spec, config)
         self._queue.append(_Queued(key, spec, seq, config))
 
     @property
