@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
 from saffron.errors import RunStopped, SaffronError
+from saffron.runtime import RuntimeConfig
 
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
 _HOST_PORT = re.compile(r"^(ray://)?[A-Za-z0-9_.\-]+:(\d{1,5})$")
@@ -69,6 +70,14 @@ class ClusterConfig:
             raise SaffronError(f"--ray-workers must be ≥ 1, got {self.workers}")
         if self.cpus <= 0 or self.gpus < 0 or self.retries < 0:
             raise SaffronError("a Ray worker needs CPUs > 0, GPUs ≥ 0 and retries ≥ 0")
+
+
+def worker_runtime(runtime: RuntimeConfig, cfg: ClusterConfig) -> RuntimeConfig:
+    """The runtime of a worker: ``runtime``, its torch threads defaulting to the CPUs the
+    worker reserved (not the node's every core)."""
+    if runtime.threads is not None:
+        return runtime
+    return replace(runtime, threads=max(1, int(cfg.cpus)))
 
 
 def _ray() -> Any:

@@ -144,3 +144,38 @@ def test_workers_hand_back_calls_in_any_order_and_errors_as_raised() -> None:
         assert got == {0: 1, 1: None, 2: 1}
         with pytest.raises(TypeError):
             workers.call("get")  # dict.get() without a key
+
+
+def tiny_guard_folder(folder: Path) -> Path:
+    """A guard folder `load_guard` reads by name: an untrained LoRA on the tiny model."""
+    from peft import LoraConfig, get_peft_model
+
+    from saffron.lm.adapters import save_adapter
+    from saffron.lm.models import TINY, load_model
+
+    base = load_model(TINY)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+    save_adapter(get_peft_model(base.model, lora), folder, TINY)  # type: ignore[arg-type]
+    meta = {"base": TINY, "safe_token": "s", "unsafe_token": "u"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_saffron_eval_ray_local_writes_the_records_of_one_process(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line end to end: each worker loads the models by name (``load_world``)."""
+    from saffron.cli import main
+
+    guard = tiny_guard_folder(tmp_path / "guard")
+    argv = ["eval", "--dataset", str(dataset), "--methods", "greedy,best-of-n", "--budgets", "2",
+            "--attack", "prefill:3", "--max-new-tokens", "4", "--min-new-tokens", "1",
+            "--split", "all", "--policy", "tiny-random-llama", "--attack-policy",
+            "tiny-random-llama", "--guard", str(guard)]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert (
+        main([*argv, "--out", str(tmp_path / "ray"), "--ray", "local", "--ray-workers", "2"]) == 0
+    )
+    capsys.readouterr()
+    one, there = (lines(tmp_path / d / "records.jsonl") for d in ("one", "ray"))
+    assert len(one) == 4 * 2 and stable(there) == stable(one)

@@ -287,6 +287,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
     from functools import partial
 
+    from saffron.cluster import worker_runtime
     from saffron.lm.adapters import fingerprint
     from saffron.train.label import (
         cluster_labeller,
@@ -299,18 +300,17 @@ def cmd_label(args: argparse.Namespace) -> int:
     cfg = LabelConfig(shard_size=args.shard_size, batch_size=args.batch_size)
     corpus = Path(args.corpus or _default_corpus()).expanduser()
     out = Path(args.out or _default_labels(args.guard, str(corpus))).expanduser()
-    ray = cluster(args)
-    rt = runtime(args, here=ray is None)
+    ray = cluster(args)  # with Ray, the workers check the device and take the threads
+    rt = runtime(args) if ray is None else worker_runtime(runtime(args, here=False), ray)
     if not corpus.is_file():
         raise SaffronError(f"corpus file {corpus} does not exist")
     if not read_corpus(corpus):  # fail before loading any model
         raise SaffronError(f"corpus file {corpus} is empty; nothing to label")
     tok = load_tokenizer(args.policy)
     make = partial(policy_guard, args.guard, args.policy, rt)
-    here = ray is None
     with cluster_labeller(ray, make, args.policy, cfg, rt) if ray else nullcontext() as parts:
         meta = label_corpus(
-            make() if here else None,
+            make() if ray is None else None,
             tok,
             corpus,
             out,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, Protocol
 
-from saffron.cluster import ClusterConfig, Workers
+from saffron.cluster import ClusterConfig, Workers, worker_runtime
 from saffron.data import PromptRow
 from saffron.eval.attack import AnswerConfig, HarmfulAnswer, answer_batch, parse_attack
 from saffron.eval.run import EvalConfig, Todo, choose_prefill, clear, costed, iter_records
@@ -150,21 +150,13 @@ def open_engine(
 ) -> Iterator[Engine]:
     """A :class:`LocalEngine`, or with ``cluster`` a :class:`RayEngine` whose workers are
     started on entry and stopped on exit."""
-    make = partial(EvalWorker, cfg, world_factory, _worker_runtime(runtime, cluster), concurrency)
     if cluster is None:
-        yield LocalEngine(make())
+        yield LocalEngine(EvalWorker(cfg, world_factory, runtime, concurrency))
         return
+    there = worker_runtime(runtime, cluster)
+    make = partial(EvalWorker, cfg, world_factory, there, concurrency)
     with Workers(cluster, partial(_applied, make)) as workers:
         yield RayEngine(workers, concurrency)
-
-
-def _worker_runtime(runtime: RuntimeConfig, cluster: ClusterConfig | None) -> RuntimeConfig:
-    """A Ray worker's torch threads default to the CPUs it reserved."""
-    if cluster is None or runtime.threads is not None:
-        return runtime
-    from dataclasses import replace
-
-    return replace(runtime, threads=max(1, int(cluster.cpus)))
 
 
 def _applied(make: Callable[[], EvalWorker]) -> EvalWorker:
