@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -203,21 +204,27 @@ class Workers:
         return next(self.map(method, [args]))[1]
 
     def map(self, method: str, calls: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
-        """``method(*calls[i])`` on the workers, ``IN_FLIGHT`` queued per worker; yields
-        ``(i, result)`` in the order they finish. A call that raised re-raises its error here;
-        a worker lost past its retries raises :class:`~saffron.errors.RunStopped`."""
+        """``method(*calls[i])`` on the workers, ``IN_FLIGHT`` queued per worker, the next call
+        going to the worker that just finished one; yields ``(i, result)`` in the order they
+        finish. A call that raised re-raises its error here; a worker lost past its retries
+        raises :class:`~saffron.errors.RunStopped`."""
         ray = _ray()
-        pending: dict[Any, int] = {}
-        todo = list(enumerate(calls))[::-1]
-        turn = 0
-        while todo or pending:
-            while todo and len(pending) < IN_FLIGHT * len(self.actors):
-                i, args = todo.pop()
-                actor = self.actors[turn % len(self.actors)]
-                turn += 1
-                pending[actor.call.remote(method, args)] = i
+        todo = deque(enumerate(calls))
+        pending: dict[Any, tuple[int, Any]] = {}
+
+        def send(actor: Any) -> None:
+            i, args = todo.popleft()
+            pending[actor.call.remote(method, args)] = (i, actor)
+
+        for _ in range(IN_FLIGHT):
+            for actor in self.actors:
+                if todo:
+                    send(actor)
+        while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ref)
+            i, actor = pending.pop(ref)
+            if todo:
+                send(actor)  # before reading the result: the worker never idles
             yield i, _result(ray, ref)
 
 
