@@ -36,19 +36,22 @@ GUARD_SYSTEM = (
 
 
 class VerdictHead(nn.Module):
-    """Two rows of an LM head: (…, d) → (…,) = logit(safe) − logit(unsafe)."""
+    """Two rows of an LM head: (…, d) → (…,) = logit(safe) − logit(unsafe), in float32.
+
+    The difference of the two rows is taken in float32 whatever the model's dtype: in bfloat16
+    the two logits' own rounding would swamp a close verdict."""
 
     def __init__(self, lm_head: nn.Linear, safe_id: int, unsafe_id: int) -> None:
         super().__init__()
-        rows = lm_head.weight.detach()[[safe_id, unsafe_id]].clone()
-        self.diff = nn.Parameter(rows[0] - rows[1], requires_grad=False)  # (d,)
+        rows = lm_head.weight.detach()[[safe_id, unsafe_id]].float()  # (2, d)
+        self.diff = nn.Parameter(rows[0] - rows[1], requires_grad=False)  # (d,) float32
         bias = lm_head.bias
-        b = float(bias[safe_id] - bias[unsafe_id]) if bias is not None else 0.0
+        b = float(bias[safe_id].float() - bias[unsafe_id].float()) if bias is not None else 0.0
         self.bias = b
         self.out_features = 1
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return hidden.float() @ self.diff.float() + self.bias
+        return hidden.float() @ self.diff + self.bias
 
 
 def single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
