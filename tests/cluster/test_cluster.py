@@ -13,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cluster_toys import Killed, failing_world, tiny_world
 
 from saffron.cluster import ClusterConfig, Workers, connect
+from saffron.errors import SaffronError
 from saffron.eval.run import EvalConfig, run_eval
+from saffron.runtime import check_device
 from saffron.train.label import LabelConfig, cluster_labeller, label_corpus, read_labels
 
 ray = pytest.importorskip("ray")
@@ -140,10 +143,24 @@ def test_labels_on_ray_equal_labels_made_here(tmp_path: Path) -> None:
 def test_workers_hand_back_calls_in_any_order_and_errors_as_raised() -> None:
     with Workers(CLUSTER, partial(dict, a=1)) as workers:
         assert len(set(workers.pids())) == 2
-        got = dict(workers.map("get", [("a",), ("b",), ("a",)]))
-        assert got == {0: 1, 1: None, 2: 1}
+        got = dict(workers.map("get", [("a",), ("b",), ("a",)] * 3))
+        assert got == {i: (None if i % 3 == 1 else 1) for i in range(9)}
         with pytest.raises(TypeError):
             workers.call("get")  # dict.get() without a key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_workers_on_a_cluster_without_gpus_are_one_line() -> None:
+    """Asking for GPUs the cluster lacks is refused before any worker starts; a worker whose
+    node lacks the device raises the loader's one line at every call."""
+    with pytest.raises(SaffronError, match=r"the Ray cluster has 0 GPUs; 1 workers × 1 GPU need 1"):
+        Workers(ClusterConfig("local", workers=1, gpus=1), dict).__enter__()
+    one = ClusterConfig("local", workers=1)
+    with (
+        Workers(one, partial(check_device, "cuda")) as workers,
+        pytest.raises(SaffronError, match="device 'cuda' is not available"),
+    ):
+        workers.call("type")
 
 
 def tiny_guard_folder(folder: Path) -> Path:
