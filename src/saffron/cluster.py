@@ -9,8 +9,8 @@ need no shared filesystem.
 
 Addresses (``--ray ADDRESS``):
 
-* ``local`` — start a private Ray instance on this machine (bound to 127.0.0.1), shut down at
-  the end;
+* ``local`` — start a private Ray instance on this machine, every address 127.0.0.1
+  (``LOOPBACK_ENV``), shut down at the end;
 * ``auto`` — the cluster ``RAY_ADDRESS`` names, or the one ``ray start --head`` runs here;
 * ``HOST:PORT`` or ``ray://HOST:PORT`` — that cluster (Saffron installed on its nodes).
 
@@ -37,6 +37,10 @@ from saffron.runtime import RuntimeConfig
 ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
 _HOST_PORT = re.compile(r"^(ray://)?[A-Za-z0-9_.\-]+:(\d{1,5})$")
 IN_FLIGHT = 2  # calls queued per worker: the next one starts as soon as the last returns
+# "0" puts Ray in its single-machine mode, where every address it binds or dials is the
+# loopback one (without it, a local Ray binds this machine's network address). Ray reads it
+# when it is imported.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def parse_address(text: str) -> str:
@@ -92,17 +96,15 @@ def _ray() -> Any:
 def connect(cfg: ClusterConfig) -> bool:
     """Connect this process to the cluster of ``cfg`` (start one for ``local``); True when this
     call started the connection (the caller shuts it down). SaffronError when it cannot."""
+    if cfg.address == "local":
+        os.environ[LOOPBACK_ENV] = "0"  # before ray is imported (a no-op if it already was)
     ray = _ray()
     if ray.is_initialized():
         return False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if cfg.address == "local":
-        kwargs.update(
-            address="local",
-            num_cpus=max(1, round(cfg.workers * cfg.cpus)),
-            _node_ip_address="127.0.0.1",
-        )
+        kwargs.update(address="local", num_cpus=max(1, round(cfg.workers * cfg.cpus)))
     else:
         kwargs["address"] = cfg.address
     try:

@@ -16,12 +16,13 @@ import pytest
 import torch
 from cluster_toys import Killed, failing_world, tiny_world
 
-from saffron.cluster import ClusterConfig, Workers, connect
+from saffron.cluster import LOOPBACK_ENV, ClusterConfig, Workers, connect
 from saffron.errors import SaffronError
 from saffron.eval.run import EvalConfig, run_eval
 from saffron.runtime import check_device
 from saffron.train.label import LabelConfig, cluster_labeller, label_corpus, read_labels
 
+os.environ[LOOPBACK_ENV] = "0"  # before ray is imported: the cluster binds 127.0.0.1 only
 ray = pytest.importorskip("ray")
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +40,8 @@ def local_ray() -> Iterator[None]:
     paths = [str(HERE), str(TRAIN), *([old] if old else [])]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)  # the workers inherit it
     try:
-        assert connect(CLUSTER)  # started here, bound to 127.0.0.1
+        assert connect(CLUSTER)  # started here
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         yield
     finally:
         ray.shutdown()
