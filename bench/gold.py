@@ -66,10 +66,19 @@ def _prompt_text() -> dict[str, str]:
     return {r.id: r.prompt for name in HARMFUL_SETS for r in load_prompts(name)}
 
 
-def aligned_items(gold: set[str], per_cell: int, rng: random.Random) -> list[dict[str, Any]]:
-    seen = _already_read()
+def aligned_items(
+    gold: set[str],
+    per_cell: int,
+    rng: random.Random,
+    path: Path = ALIGNED / "answers.jsonl",
+    source: str = "aligned-world",
+    benign_per_cell: int | None = None,
+) -> list[dict[str, Any]]:
+    """Items from a ``bench/aligned.py`` answers file: ``per_cell`` per (policy, condition)
+    (``benign_per_cell`` for the benign cells), harmful ones from the gold prompts only."""
+    seen = _already_read() if path == ALIGNED / "answers.jsonl" else set()
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in read_jsonl(ALIGNED / "answers.jsonl"):
+    for r in read_jsonl(path):
         if (r["policy"], r["condition"], r["prompt_id"]) in seen:
             continue
         if r["condition"] != "benign" and r["prompt_id"] not in gold:
@@ -77,8 +86,9 @@ def aligned_items(gold: set[str], per_cell: int, rng: random.Random) -> list[dic
         cells.setdefault((r["policy"], r["condition"]), []).append(r)
     out = []
     for (pol, cond), rs in sorted(cells.items()):
-        for r in rng.sample(rs, min(per_cell, len(rs))):
-            src = {"source": "aligned-world", "policy": pol, "condition": cond}
+        k = benign_per_cell if cond == "benign" and benign_per_cell is not None else per_cell
+        for r in rng.sample(rs, min(k, len(rs))):
+            src = {"source": source, "policy": pol, "condition": cond}
             out.append({**src, **_item(r["prompt_id"], r["prompt"], r["prefill"], r["text"])})
     return out
 
@@ -119,6 +129,11 @@ def pool(args: argparse.Namespace) -> None:
     items: list[dict[str, Any]] = []
     if args.aligned_per_cell:
         items += aligned_items(gold, args.aligned_per_cell, rng)
+    for spec in args.answers:
+        name, path = spec.split("=", 1)
+        items += aligned_items(
+            gold, args.answers_per_cell, rng, Path(path), name, args.benign_per_cell
+        )
     weights = {k: int(v) for k, v in (w.split("=") for w in args.weight)}
     runs = [("embedded", EMBEDDED)] if args.embedded_per_cell else []
     runs += [(n, Path(d)) for n, d in (r.split("=", 1) for r in args.run)]
@@ -206,6 +221,14 @@ def main() -> None:
     p.add_argument("--embedded-per-cell", type=int, default=8)
     p.add_argument("--run", action="append", default=[], help="NAME=DIR of a saffron eval run")
     p.add_argument("--run-per-cell", type=int, default=10)
+    p.add_argument(
+        "--answers",
+        action="append",
+        default=[],
+        help="NAME=PATH of a bench/aligned.py answers file",
+    )
+    p.add_argument("--answers-per-cell", type=int, default=10)
+    p.add_argument("--benign-per-cell", type=int, default=None)
     p.add_argument("--weight", action="append", default=[], help="METHOD@BUDGET=k: k× per cell")
     p.add_argument("--readers", default="A,C,D")
     p.add_argument("--overlap", type=int, default=100)

@@ -88,7 +88,7 @@ def test_training_teaches_the_target(tmp_path: Path) -> None:
     chat = make_policy(base).chat
     target = (*chat.encode("No."), min(chat.eos_ids))
     ex = PolicyExample(chat.sequence("do harm").tokens, target, REFUSAL)
-    cfg = PolicyTrainConfig(epochs=60, batch_size=1, lr=3e-2, rank=8)
+    cfg = PolicyTrainConfig(epochs=60, batch_size=1, lr=3e-2, rank=8, decision_weight=0.0)
     meta = train_policy(base, [ex], tmp_path / "p", cfg, {"data": "toy"})
     assert meta["final_loss_mean50"] < meta["first_loss_mean50"]  # type: ignore[operator]
     trained = make_policy(load_model(str(tmp_path / "p")))

@@ -77,7 +77,7 @@ class PolicyTrainConfig:
 
     seed: int = 0
     """Seeds the LoRA initialisation, the data mix and the example order."""
-    epochs: int = 1
+    epochs: int = 2
     """Passes over the examples."""
     batch_size: int = 8
     """Examples per optimiser step."""
@@ -106,7 +106,7 @@ class PolicyTrainConfig:
     """A deep example's harmful start is 1 … this many tokens of a harmful answer."""
     max_answer_tokens: int = 96
     """Length cap of the base policy's benign answers (self-distillation targets)."""
-    decision_weight: float = 0.0
+    decision_weight: float = 1.0
     """Weight of the decision term: the mean over *examples* of the cross-entropy of each
     example's first target token, added to the token-mean loss. In the token mean a refusal's
     first token (1 of ~25) outweighs a benign answer's (1 of ~96) about four to one, so the
