@@ -235,6 +235,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    runtime(args)  # a device this machine lacks: one line before anything is printed
     t0 = time.perf_counter()
     print(
         f"Saffron demo: {DEMO.limit} held-out AdvBench prompts under a 10-token prefill attack; "
