@@ -23,6 +23,7 @@ optional dependency (``pip install 'saffron[ray]'``); this module imports it onl
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import deque
@@ -102,7 +103,11 @@ def connect(cfg: ClusterConfig) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,  # a worker's errors come back with its calls
+        "logging_level": logging.WARNING,
+    }
     if cfg.address == "local":
         kwargs.update(address="local", num_cpus=max(1, round(cfg.workers * cfg.cpus)))
     else:
