@@ -9,12 +9,14 @@ For the gold *test* part (it chooses nothing; ``--part validation`` for choosing
 * the degeneracy judge: degenerate (read) vs every other label, the same figures;
 * the guards on PyRIT's held-out human rows (``saffron.train.guard_train.human_heldout``):
   AUROC, as for smol-guard's validation;
-* ``--quote N``: N gold items (seeded) with their read label and every judge's verdict.
+* ``--quote N``: N gold items (seeded) with their read label and every judge's verdict;
+* ``--by-label``: per read label, the share each safety judge calls unsafe (where a judge's
+  false alarms come from).
 
 Usage::
 
     python bench/gold_judges.py --judges guard,rule,degeneracy [--guard smol-guard]
-        [--independent gemma-judge] [--part test] [--quote 20]
+        [--independent gemma-judge] [--part test] [--quote 20] [--by-label]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from degeneracy import auroc
 
 from saffron.data import load_scorer_rows
-from saffron.data.gold import load_gold
+from saffron.data.gold import LABELS, load_gold
 from saffron.eval.judges import Answer, judge_answers, load_scorers, parse_judges
 from saffron.train.guard_train import human_heldout
 
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--degeneracy", default="degeneracy.json", help="file in the artifacts")
     ap.add_argument("--part", default="test", choices=("train", "validation", "test"))
     ap.add_argument("--quote", type=int, default=0)
+    ap.add_argument("--by-label", action="store_true", help="unsafe share per read label")
     ap.add_argument("--no-human", action="store_true", help="skip PyRIT's held-out rows")
     args = ap.parse_args()
     names = parse_judges(args.judges)
@@ -90,8 +93,22 @@ def main() -> None:
             if name in scorers:
                 r = scorers[name](ha)
                 print(row(name, [-x for x in r], [x < 0 for x in r], truth))
+    if args.by_label:
+        by_label(items, verdicts)
     if args.quote:
         quote(items, verdicts, args.quote)
+
+
+def by_label(items: list[Any], verdicts: list[dict[str, Any]]) -> None:
+    """Per read label: how many items, and the share each safety judge calls unsafe."""
+    judges = [j for j in ("guard", "independent", "rule") if f"unsafe_{j}" in verdicts[0]]
+    print("\n| read label | n | " + " | ".join(f"{j} unsafe" for j in judges) + " |")
+    print("|---|---|" + "---|" * len(judges))
+    for label in LABELS:
+        vs = [v for i, v in zip(items, verdicts, strict=True) if i.label == label]
+        if vs:
+            shares = [sum(v[f"unsafe_{j}"] for v in vs) / len(vs) for j in judges]
+            print(f"| {label} | {len(vs)} | " + " | ".join(f"{x:.2f}" for x in shares) + " |")
 
 
 def quote(items: list[Any], verdicts: list[dict[str, Any]], n: int) -> None:

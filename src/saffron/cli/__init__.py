@@ -4,6 +4,7 @@
   ``setup``;
 * :mod:`~saffron.cli.train` — ``train-policy``, ``train-guard``, ``label``, ``train-mrm``;
   :mod:`~saffron.cli.train_data` — what they train on;
+* :mod:`~saffron.cli.judge` — ``train-judge`` (the independent judge);
 * :mod:`~saffron.cli.eval` — ``eval``, ``compare``, ``attack-answers``, ``demo``;
 * :mod:`~saffron.cli.serve` — ``serve``;
 * :mod:`~saffron.cli.args` — the argument types they share.
@@ -20,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from saffron.cli import core, serve, train
+from saffron.cli import core, judge, serve, train
 from saffron.cli import eval as evaluation
 from saffron.errors import SaffronError
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core.add_answer_parsers(sub)
     train.add_parsers(sub)
+    judge.add_parsers(sub)
     evaluation.add_parsers(sub)
     serve.add_parsers(sub)
     core.add_info_parsers(sub)
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **core.COMMANDS,
     **train.COMMANDS,
+    **judge.COMMANDS,
     **evaluation.COMMANDS,
     **serve.COMMANDS,
 }

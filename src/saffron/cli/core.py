@@ -129,9 +129,10 @@ def cmd_datasets(_: argparse.Namespace) -> int:
 
 def cmd_setup(_: argparse.Namespace) -> int:
     from saffron.data import fetch_all
-    from saffron.lm.models import ensure_smollm2
+    from saffron.lm.models import ensure_gemma3, ensure_smollm2
 
     print(f"embedded policy: {ensure_smollm2()}")
+    print(f"judge backbone:  {ensure_gemma3()}")
     print(f"prompt sets:     {fetch_all()}")
     return 0
 

@@ -228,7 +228,7 @@ def load_scorers(
         chat = make_policy(load_model(SMOLLM2, runtime)).chat
         out["guard"] = guard_scorer(load_guard(guard, chat.tokenizer, runtime=runtime), chat)
     if "independent" in names:
-        out["independent"] = independent_scorer(independent)
+        out["independent"] = independent_scorer(independent, runtime=runtime)
     if "degeneracy" in names:
         path = Path(degeneracy)
         judge = DegeneracyJudge.load(path if path.is_file() else artifacts_dir() / path)
@@ -243,7 +243,19 @@ def load_scorers(
     return out, threshold
 
 
-def independent_scorer(name: str) -> Scorer:
-    """The independent judge ``name`` on the answers' text (re-tokenised by its own
-    tokenizer)."""
-    raise SaffronError(f"the independent judge {name!r} is not available yet")
+def independent_scorer(name: str, batch_size: int = 32, runtime: RuntimeConfig = CPU) -> Scorer:
+    """The independent judge ``name`` (:mod:`saffron.reward.independent`, loaded with
+    ``runtime``) on the answers' text, re-tokenised by its own tokenizer: the request and what
+    the policy wrote, never the prefill (as every guard)."""
+    from saffron.reward.independent import load_judge
+
+    judge = load_judge(name, runtime=runtime)
+
+    def score(answers: Sequence[Answer]) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(answers), batch_size):
+            part = answers[i : i + batch_size]
+            out += judge.score_texts([a.prompt for a in part], [a.text for a in part]).tolist()
+        return out
+
+    return score

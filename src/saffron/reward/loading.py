@@ -1,4 +1,5 @@
-"""Loading guards by name: the embedded ``smol-guard``, Llama Guard 3, or a local folder."""
+"""Loading guards by name: the embedded ``smol-guard``, the independent ``gemma-judge``,
+Llama Guard 3, or a local folder."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from saffron.lm.models import SMOLLM2, load_model
 from saffron.paths import artifacts_dir
 from saffron.reward.base import Guard
 from saffron.reward.guard import GUARD_SYSTEM, ReadoutGuard, SuffixGuard
+from saffron.reward.independent import GEMMA_JUDGE, is_judge_folder, load_judge
 from saffron.runtime import CPU, RuntimeConfig
 
 ARTIFACTS = artifacts_dir()
@@ -21,6 +23,8 @@ SMOL_GUARD = "smol-guard"
 LLAMA_GUARD = "meta-llama/Llama-Guard-3-1B"
 GUARDS = {
     SMOL_GUARD: "SmolLM2-135M + LoRA trained by Saffron (embedded, offline), reads every position",
+    GEMMA_JUDGE: "the independent judge: Gemma 3 270M + LoRA trained on human-read labels only "
+    "(embedded, offline; reads text; Gemma Terms of Use)",
     LLAMA_GUARD: "Llama Guard 3 1B (the paper's guard; gated, online)",
 }
 
@@ -32,15 +36,19 @@ def adapter_dir(name: str) -> Path:
 def load_guard(
     name: str,
     policy_tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
     runtime: RuntimeConfig = CPU,
 ) -> Guard:
-    """A guard by name: ``smol-guard``, ``meta-llama/Llama-Guard-3-1B``, or a local folder
-    holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``).
+    """A guard by name: ``smol-guard``, ``gemma-judge``, ``meta-llama/Llama-Guard-3-1B``, or a
+    local folder holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``) or
+    a judge written by ``saffron train-judge`` (its meta says ``kind: judge``).
 
     ``policy_tokenizer`` is the tokenizer of the token ids the guard will be given (default: the
     guard's own). ``runtime``: the device and dtype of the guard's network and its trie's byte
     budget; the verdicts come back in float32.
     """
+    if is_judge_folder(name):
+        return load_judge(name, policy_tokenizer, runtime=runtime)
     if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
         folder = adapter_dir(SMOL_GUARD) if name == SMOL_GUARD else Path(name)
         meta = (
