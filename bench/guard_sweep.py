@@ -122,6 +122,7 @@ def rewards(base: Any, rows: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> l
 
 def one(data_path: Path, model: str, device: str, config: str, limit: int) -> dict[str, Any]:
     from saffron.lm.models import load_model
+    from saffron.runtime import RuntimeConfig
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as on the CPU
     data = torch.load(data_path)
@@ -131,7 +132,7 @@ def one(data_path: Path, model: str, device: str, config: str, limit: int) -> di
         for p, r, u, s in data["examples"]
         if own or s != "policy-ownstart"
     ][: limit or None]
-    base = load_model(model, device=device)
+    base = load_model(model, RuntimeConfig(device=device))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         train_guard(base, examples, Path(tmp) / "guard", cfg)

@@ -16,3 +16,13 @@ class SaffronError(Exception):
     def __init__(self, message: str) -> None:
         # One line by contract: the CLI prints ``str(err)`` as is.
         super().__init__(" ".join(message.split("\n")))
+
+
+class RunStopped(SaffronError):
+    """A run stopped by a failure outside the user's input (a lost Ray worker), described in
+    one line; what it completed is kept, and rerunning the same command resumes it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; rerun the same command to resume (completed work is kept)")

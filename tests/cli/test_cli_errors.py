@@ -95,6 +95,32 @@ def test_bad_shard(capsys: pytest.CaptureFixture[str], shard: str, tmp_path) -> 
 
 
 @pytest.mark.parametrize(
+    ("command", "value"),
+    [
+        ("eval", "nonsense"),
+        ("eval", "127.0.0.1:99999"),
+        ("eval", "http://10.0.0.1:6379"),
+        ("label", "locl"),
+        ("label", "host:"),
+    ],
+)
+def test_bad_ray_addresses_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path, command: str, value: str
+) -> None:
+    """Refused before anything loads, connects or is written."""
+    args = {
+        "eval": ["--dataset", "advbench", "--methods", "greedy", "--out", str(tmp_path / "o")],
+        "label": ["--corpus", __file__, "--out", str(tmp_path / "o")],
+    }[command]
+    code, out, err = run(capsys, command, *args, "--ray", value)
+    assert code == 2 and out == ""
+    assert err == (
+        f"saffron: error: --ray expects local, auto, HOST:PORT or ray://HOST:PORT, got {value!r}\n"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--logp-weight", "-0.5"], "logp_weight must be a finite number ≥ 0, got -0.5"),

@@ -43,7 +43,7 @@ def test_train_guard_flags(
     seen: dict[str, Any] = {}
     tiny = models.load_model("tiny-random-llama")
     monkeypatch.setenv("SAFFRON_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "load_model", lambda name, **kw: tiny)
+    monkeypatch.setattr(models, "load_model", lambda name, *a, **kw: tiny)
 
     def fake_corpus(policy: object, path: Path, **kw: Any) -> list[object]:
         seen.update(kw, path=path)

@@ -241,6 +241,10 @@ def test_metrics_and_report(tmp_path: Path) -> None:
     assert asr_at([(2.0, 0.6), (8.0, 0.2)], 16.0) is None
     low, high = wilson(5, 10)
     assert low < 0.5 < high and math.isclose(low + high, 1.0)
+    for n in range(1, 40):  # the interval holds k/n even where its end rounds (6/6)
+        for k in (0, n):
+            low, high = wilson(k, n)
+            assert low <= k / n <= high
     text = report(recs, tmp_path)
     assert "| saffron | 0.400 |" in text
     assert (tmp_path / "asr_vs_tflop.png").stat().st_size > 1000

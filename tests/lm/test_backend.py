@@ -105,13 +105,14 @@ def test_eviction_keeps_results_and_budget(tiny: LoadedModel) -> None:
         seqs = [[rng.randrange(3, 250) for _ in range(rng.randrange(5, 30))] for _ in range(3)]
         a, b = small.last_hidden(seqs), roomy.last_hidden(seqs)
         assert (a - b).abs().max().item() <= 1e-5
-        assert small.stats().bytes_held <= budget
-        assert small.stats().bytes_allocated <= budget + per_slot  # + the reserved zero slot
+        assert small.stats().bytes_held <= budget // 2  # the pool's half of the budget
+        assert small.stats().bytes_peak <= budget  # pool, growth and gathered past together
     assert small.stats().nodes < roomy.stats().nodes
 
 
 def test_eviction_prefers_least_recently_used(tiny: LoadedModel) -> None:
-    backend = TrieBackend(tiny, max_bytes=40 * TrieBackend(tiny).pool.bytes_per_slot)
+    # 80 positions of budget: a pool of 40 slots (one reserved), room for two 15-token prompts
+    backend = TrieBackend(tiny, max_bytes=80 * TrieBackend(tiny).pool.bytes_per_slot)
     old, fresh = [7] * 15, [8] * 15
     backend.last_hidden([old])
     backend.last_hidden([fresh])
@@ -120,10 +121,30 @@ def test_eviction_prefers_least_recently_used(tiny: LoadedModel) -> None:
     assert backend.cached_prefix_len(old) < 15
 
 
-def test_call_larger_than_budget_is_refused_and_cache_intact(tiny: LoadedModel) -> None:
-    backend = TrieBackend(tiny, max_bytes=10 * TrieBackend(tiny).pool.bytes_per_slot)
+def test_call_larger_than_budget_is_split_within_the_budget(tiny: LoadedModel) -> None:
+    """A call whose new positions exceed the pool runs in parts of whole sequences; outputs
+    equal an unbounded cache's, compute is counted once per call, and nothing the cache held
+    (pool, its growth, the gathered past) ever exceeded the budget."""
+    roomy = TrieBackend(tiny)
+    per_slot = roomy.pool.bytes_per_slot
+    budget = 64 * per_slot  # a pool of 32 slots; the call below needs 8 × 20 new positions
+    small = TrieBackend(tiny, max_bytes=budget)
+    rng = random.Random(4)
+    seqs = [[5, 6, 7] + [rng.randrange(3, 250) for _ in range(17)] for _ in range(8)]
+    got, want = small.last_hidden(seqs), roomy.last_hidden(seqs)
+    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-5
+    starts = [3] * len(seqs)
+    for g, w in zip(small.hidden_from(seqs, starts), roomy.hidden_from(seqs, starts), strict=True):
+        assert g.shape == (17, small.d_model) and (g - w).abs().max().item() <= 1e-5
+    assert small.compute.calls == roomy.compute.calls == 2
+    assert small.stats().bytes_peak <= budget
+    assert small.max_batch_tokens <= 32  # a forward gathers at most the other half
+
+
+def test_sequence_longer_than_the_pool_is_refused_and_cache_intact(tiny: LoadedModel) -> None:
+    backend = TrieBackend(tiny, max_bytes=20 * TrieBackend(tiny).pool.bytes_per_slot)
     backend.last_hidden([[4, 5, 6]])
-    with pytest.raises(SaffronError, match=r"KV cache budget .* too small"):
+    with pytest.raises(SaffronError, match=r"KV cache budget .* too small for a sequence of 23"):
         backend.last_hidden([[4, 5, 6, *range(10, 30)]])
     assert backend.cached_prefix_len([4, 5, 6, 10]) == 3
     assert backend.stats().nodes == 3

@@ -107,7 +107,7 @@ def test_a_released_format_folder_loads_on_its_base(released: Path) -> None:
 def test_load_mrm_recognises_the_released_format(released: Path, monkeypatch) -> None:
     import saffron.reward.released as rel
 
-    monkeypatch.setattr(rel, "load_model", lambda name, **_: tiny_base())
+    monkeypatch.setattr(rel, "load_model", lambda name, *_, **__: tiny_base())
     with pytest.raises(SaffronError) as err:
         load_mrm(str(released), policy_vocab=49152)
     assert "scores a vocabulary of 259 tokens but the policy has 49152" in str(err.value)

@@ -1,12 +1,15 @@
 """Argument types shared by the subcommands: each turns one command-line string into a value,
 or into argparse's usage error (exit 2) naming the text, before anything runs; and the option
-group the search-running subcommands share (:func:`search_rule`)."""
+groups the subcommands share: the search rule (:func:`search_rule`), the runtime
+(:func:`add_runtime`) and Ray (:func:`add_ray`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from saffron.cluster import ClusterConfig
 from saffron.errors import SaffronError
+from saffron.runtime import RuntimeConfig, dtype_name
 
 
 def integer(text: str) -> int:
@@ -83,6 +86,115 @@ def method_budgets(text: str) -> tuple[str, tuple[int, ...]]:
         return name.strip(), budgets(values)
     except argparse.ArgumentTypeError as err:
         raise SaffronError(str(err)) from None
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """Bytes as ``2147483648``, ``512M``, ``2G`` or ``1.5GiB`` (powers of 1024), or a usage
+    error naming the text."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in _UNITS else (raw, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes such as 512M or 2G, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return int(value)
+
+
+def positive(text: str) -> int:
+    """An integer ≥ 1, or a usage error naming the text."""
+    value = integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return value
+
+
+def dtype(text: str) -> str:
+    """A dtype name (``float32``, ``bfloat16``/``bf16``, ``float16``/``fp16``), canonical."""
+    try:
+        return dtype_name(text)
+    except SaffronError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_runtime(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype``, ``--kv-budget`` and ``--threads``: where and how the command's
+    models run (:class:`saffron.runtime.RuntimeConfig`, whose defaults these are)."""
+    d = RuntimeConfig
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N | mps")
+    group.add_argument(
+        "--dtype", type=dtype, default=d.dtype, help="float32 | bfloat16 | float16 (bf16, fp16)"
+    )
+    group.add_argument(
+        "--kv-budget",
+        type=byte_size,
+        default=d.kv_budget,
+        metavar="BYTES",
+        help="bytes of each model's trie KV cache, transient buffers included (e.g. 512M, 4G; "
+        "default 2G)",
+    )
+    group.add_argument(
+        "--threads", type=positive, default=d.threads, help="torch CPU threads (default: torch's)"
+    )
+
+
+def runtime(args: argparse.Namespace, *, here: bool = True) -> RuntimeConfig:
+    """The :class:`~saffron.runtime.RuntimeConfig` of ``args`` (see :func:`add_runtime`).
+
+    ``here``: the models run in this process, so a device this machine lacks is refused now
+    (one line, exit 2) and the threads are applied; False when they run elsewhere (Ray
+    workers, which check for themselves)."""
+    cfg = RuntimeConfig(
+        device=args.device, dtype=args.dtype, kv_budget=args.kv_budget, threads=args.threads
+    )
+    if here:
+        cfg.apply()
+    return cfg
+
+
+def add_ray(parser: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--ray-workers``, ``--ray-cpus`` and ``--ray-gpus``
+    (:class:`saffron.cluster.ClusterConfig`)."""
+    d = ClusterConfig
+    group = parser.add_argument_group("ray")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const=d.address,
+        default=None,
+        metavar="ADDRESS",
+        help="run the models on Ray workers: local (start one on this machine, the default), "
+        "auto (RAY_ADDRESS or `ray start` here), HOST:PORT or ray://HOST:PORT; needs "
+        "pip install 'saffron[ray]'",
+    )
+    group.add_argument(
+        "--ray-workers", type=positive, default=d.workers, metavar="N", help="model-holding workers"
+    )
+    group.add_argument("--ray-cpus", type=float, default=d.cpus, help="CPUs per worker")
+    group.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=None,
+        help="GPUs per worker (default: 1 with --device cuda, else 0)",
+    )
+
+
+def cluster(args: argparse.Namespace) -> ClusterConfig | None:
+    """The :class:`ClusterConfig` of ``--ray …`` (None without ``--ray``); SaffronError for a
+    malformed address."""
+    if args.ray is None:
+        return None
+    gpus = args.ray_gpus
+    if gpus is None:
+        gpus = 1.0 if args.device.startswith("cuda") else 0.0
+    return ClusterConfig(args.ray, workers=args.ray_workers, cpus=args.ray_cpus, gpus=gpus)
 
 
 def search_rule(p: argparse.ArgumentParser) -> None:

@@ -10,13 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saffron.cli.args import integer, options, search_rule
+from saffron.cli.args import add_runtime, integer, options, runtime, search_rule
 from saffron.errors import SaffronError
 from saffron.lm.models import ALIGNED
 from saffron.lm.policy import Policy
 from saffron.reward.costing import parse_guard_cost
 from saffron.reward.loading import SMOL_GUARD
 from saffron.reward.mrm_load import SMOL_MRM
+from saffron.runtime import RuntimeConfig
 from saffron.search import SearchConfig, World
 from saffron.search.base import MethodSpec, check_config, check_rule_used
 
@@ -57,6 +58,7 @@ def add_answer_parsers(sub: argparse._SubParsersAction) -> None:
     search_rule(gen)
     gen.add_argument("--no-cache", action="store_true", help="disable the trie KV cache")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime(gen)
 
     _add_judge_parser(sub)
 
@@ -82,6 +84,7 @@ def _add_judge_parser(sub: argparse._SubParsersAction) -> None:
     judge.add_argument("--file", help="JSONL rows with prompt and response")
     judge.add_argument("--run", help="a saffron eval folder: judge every record")
     judge.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_runtime(judge)
 
 
 def add_info_parsers(sub: argparse._SubParsersAction) -> None:
@@ -154,21 +157,21 @@ def _search_config(args: argparse.Namespace, spec: MethodSpec) -> SearchConfig:
     return config
 
 
-def _world(args: argparse.Namespace, spec: MethodSpec, policy: Policy) -> World:
-    """The policy with the reward models the method needs (the guard billed as
-    ``--guard-cost`` says)."""
+def _world(args: argparse.Namespace, spec: MethodSpec, policy: Policy, rt: RuntimeConfig) -> World:
+    """The policy with the reward models the method needs, loaded with ``rt`` (the guard
+    billed as ``--guard-cost`` says)."""
     world = World(policy)
     if spec.needs_guard:
         from saffron.reward.costing import SuffixCosted
         from saffron.reward.loading import load_guard
 
-        world.guard = load_guard(args.guard, policy.chat.tokenizer)
+        world.guard = load_guard(args.guard, policy.chat.tokenizer, runtime=rt)
         if suffix := parse_guard_cost(args.guard_cost):
             world.guard = SuffixCosted(world.guard, suffix)
     if spec.needs_mrm:
         from saffron.reward.mrm_load import load_mrm
 
-        world.mrm = load_mrm(args.mrm, policy)
+        world.mrm = load_mrm(args.mrm, policy, runtime=rt)
     return world
 
 
@@ -181,10 +184,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = _search_config(args, spec)
     if not args.prompt.strip():
         raise SaffronError("the prompt is empty")
+    rt = runtime(args)
     t0 = time.perf_counter()
-    policy = make_policy(load_model(args.policy), cache=not args.no_cache)
+    loaded = load_model(args.policy, rt)
+    policy = make_policy(loaded, cache=not args.no_cache, kv_budget=rt.kv_budget)
     seq = policy.chat.sequence(args.prompt, args.prefill, reserve=config.max_new_tokens)
-    world = _world(args, spec, policy)
+    world = _world(args, spec, policy, rt)
     load_s = time.perf_counter() - t0
     result = run_search(args.method, world, seq, config)
     if args.json:
@@ -243,7 +248,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
             raise SaffronError("give --run, --file or --prompt/--response, one of them")
         return _judge_run(Path(args.run), names, args)
     rows = _judge_rows(args)
-    scorers, threshold = load_scorers(names, guard=args.guard, independent=args.independent)
+    scorers, threshold = load_scorers(
+        names, guard=args.guard, independent=args.independent, runtime=runtime(args)
+    )
     verdicts = judge_answers([Answer(p, "", r) for _, p, r in rows], scorers, threshold)
     for (rid, _, _), v in zip(rows, verdicts, strict=True):
         if names == ("guard",):  # the guard alone: one reward and its verdict, as always
@@ -274,7 +281,9 @@ def _judge_run(folder: Path, names: tuple[str, ...], args: argparse.Namespace) -
 
     if not (folder / "records.jsonl").is_file():
         raise SaffronError(f"{folder} holds no records.jsonl; run `saffron eval --out {folder}`")
-    scorers, threshold = load_scorers(names, guard=args.guard, independent=args.independent)
+    scorers, threshold = load_scorers(
+        names, guard=args.guard, independent=args.independent, runtime=runtime(args)
+    )
     rows = judge_run(folder, scorers, threshold)
     table = cell_rates(rows)
     keys = sorted({k for v in table.values() for k in v if k != "n"})

@@ -7,7 +7,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saffron.cli.args import budgets, method_budgets, names, search_rule, shard
+from saffron.cli.args import (
+    add_ray,
+    add_runtime,
+    budgets,
+    cluster,
+    method_budgets,
+    names,
+    runtime,
+    search_rule,
+    shard,
+)
 from saffron.errors import SaffronError
 from saffron.eval.compare import REFERENCE
 from saffron.eval.run import EvalConfig
@@ -33,6 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_attack_answers(sub)
     demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
     demo.add_argument("--out", default="out/demo", help="output directory")
+    add_runtime(demo)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -92,6 +103,8 @@ def _add_eval_running(ev: argparse.ArgumentParser) -> None:
         help="searches in flight together: one policy and one reward-model forward per step "
         "for all of them (records equal K=1's except wall times)",
     )
+    add_ray(ev)
+    add_runtime(ev)
 
 
 def _add_attack_answers(sub: argparse._SubParsersAction) -> None:
@@ -110,6 +123,7 @@ def _add_attack_answers(sub: argparse._SubParsersAction) -> None:
     )
     aa.add_argument("--out", default=None, help="JSONL (default: the committed file for eval)")
     aa.add_argument("--limit", type=int, default=None, help="first n prompts")
+    add_runtime(aa)
 
 
 def cmd_attack_answers(args: argparse.Namespace) -> int:
@@ -119,6 +133,7 @@ def cmd_attack_answers(args: argparse.Namespace) -> int:
     from saffron.paths import cache_dir
 
     rows = rows_of_split(args.dataset, args.split)[: args.limit]
+    rt = runtime(args)
     if args.out:
         out = Path(args.out)
     elif args.split == "eval":
@@ -126,7 +141,7 @@ def cmd_attack_answers(args: argparse.Namespace) -> int:
     else:
         out = answers_path(f"{Path(args.dataset).stem}-{args.split}", cache_dir() / "answers")
     t0 = time.perf_counter()
-    done = write_harmful_answers(load_policy(args.policy), rows, out, AnswerConfig())
+    done = write_harmful_answers(load_policy(args.policy, rt), rows, out, AnswerConfig())
     got = [done[r.id] for r in rows]
     n_ok = sum(a.text is not None for a in got)
     n_greedy = sum(a.decoding == "greedy" for a in got)
@@ -162,16 +177,38 @@ def _config(args: argparse.Namespace) -> EvalConfig:
     )
 
 
-def _run(cfg: EvalConfig, out: Path, shard: tuple[int, int] = (0, 1), concurrency: int = 1) -> str:
+def _run(
+    cfg: EvalConfig,
+    out: Path,
+    args: argparse.Namespace,
+    shard: tuple[int, int] = (0, 1),
+    concurrency: int = 1,
+) -> str:
+    """Run (or resume) ``cfg`` into ``out`` where ``args``' runtime and ``--ray`` say; the
+    report's text."""
+    from functools import partial
+
     from saffron.eval.compare import report
     from saffron.eval.run import run_eval
     from saffron.eval.world import load_world
 
-    return report(run_eval(cfg, out, load_world, shard, concurrency), out)
+    ray = cluster(args) if "ray" in args else None
+    rt = runtime(args, here=ray is None)
+    records = run_eval(
+        cfg,
+        out,
+        partial(load_world, runtime=rt),
+        shard,
+        concurrency,
+        runtime=rt,
+        cluster=ray,
+    )
+    return report(records, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    text = _run(_config(args), Path(args.out), args.shard, args.concurrency)
+    cfg = _config(args)
+    text = _run(cfg, Path(args.out), args, args.shard, args.concurrency)
     print(text)
     print(f"records, report and plot in {args.out}")
     return 0
@@ -198,6 +235,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    runtime(args)  # a device this machine lacks: one line before anything is printed
     t0 = time.perf_counter()
     print(
         f"Saffron demo: {DEMO.limit} held-out AdvBench prompts under a 10-token prefill attack; "
@@ -205,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Results go to {out} (rerun to resume).",
         flush=True,
     )
-    text = _run(DEMO, out)
+    text = _run(DEMO, out, args)
     print(text)
     print(f"report: {out / 'report.md'}\nplot:   {out / 'asr_vs_tflop.png'}")
     print(f"({time.perf_counter() - t0:.0f} s)")

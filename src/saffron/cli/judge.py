@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from saffron.cli.args import add_runtime, runtime
 from saffron.cli.args import integer as _int
 from saffron.lm.models import GEMMA3
 from saffron.train.judge_train import JudgeTrainConfig
@@ -36,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     tj.add_argument("--no-calibrate", action="store_true", help="keep the trained bias as is")
     tj.add_argument("--seed", type=_int, default=d.seed)
-    tj.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
+    add_runtime(tj)
     tj.add_argument("--out", default=None, help="output folder (default: the embedded one)")
 
 
@@ -59,10 +60,11 @@ def cmd_train_judge(args: argparse.Namespace) -> int:
         gold_weight=args.gold_weight,
         calibrate=not args.no_calibrate,
     )
+    rt = runtime(args)
     out = Path(args.out) if args.out else artifacts_dir() / GEMMA_JUDGE
     train = human_examples() + gold_examples("train")
     validation = gold_examples("validation")
-    base = load_model(args.base, device=args.device)
+    base = load_model(args.base, rt)
     meta = train_judge(base, train, validation, out, cfg)
     print(json.dumps(meta, indent=2))
     print(f"judge written to {out}")

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from saffron.cli.args import integer, names
+from saffron.cli.args import add_runtime, integer, names, runtime
 from saffron.errors import SaffronError
 from saffron.lm.models import SMOLLM2
 from saffron.reward.loading import SMOL_GUARD
@@ -51,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sv.add_argument(
         "--queue", type=integer, default=QUEUE_SIZE, metavar="N", help="waiting requests (429)"
     )
-    sv.add_argument("--device", default="cpu", help="torch device of every model (cpu, cuda, …)")
+    add_runtime(sv)
     _add_limits(sv)
     sv.add_argument(
         "--world-factory", metavar="MODULE:FUNCTION",
@@ -125,13 +125,14 @@ def load_world(args: argparse.Namespace, methods: tuple[str, ...]) -> World:
     from saffron.reward.loading import load_guard
     from saffron.search import METHODS
 
-    policy = make_policy(load_model(args.policy, device=args.device))
-    guard = load_guard(args.guard, policy.chat.tokenizer, device=args.device)
+    rt = runtime(args)
+    policy = make_policy(load_model(args.policy, rt), kv_budget=rt.kv_budget)
+    guard = load_guard(args.guard, policy.chat.tokenizer, runtime=rt)
     world = World(policy, guard=guard)
     if any(METHODS[m].needs_mrm for m in methods or tuple(METHODS)):
         from saffron.reward.mrm_load import load_mrm
 
-        world.mrm = load_mrm(args.mrm, policy, device=args.device)
+        world.mrm = load_mrm(args.mrm, policy, runtime=rt)
     return world
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from saffron.cli import train_data
-from saffron.cli.args import integer, names, unit
+from saffron.cli.args import add_ray, add_runtime, cluster, integer, names, runtime, unit
 from saffron.errors import SaffronError
 from saffron.lm.models import SMOLLM2
 from saffron.reward.loading import SMOL_GUARD
@@ -69,7 +69,7 @@ def _add_train_guard(sub: argparse._SubParsersAction) -> None:
     tg.add_argument(
         "--first-layer", type=integer, default=d.first_layer, help="LoRA on layers from this one"
     )
-    tg.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
+    add_runtime(tg)
     tg.add_argument("--out", default=None, help="output folder (default: the embedded one)")
     tg.add_argument(
         "--world",
@@ -99,6 +99,8 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     lab.add_argument(
         "--batch-size", type=integer, default=LabelConfig.batch_size, help="items per guard call"
     )
+    add_ray(lab)
+    add_runtime(lab)
 
 
 def _add_train_mrm(sub: argparse._SubParsersAction) -> None:
@@ -129,6 +131,7 @@ def _add_train_mrm(sub: argparse._SubParsersAction) -> None:
         "--max-steps", type=integer, default=d.max_steps, help="stop after this many steps"
     )
     tm.add_argument("--seed", type=integer, default=d.seed)
+    add_runtime(tm)
 
 
 def _add_train_policy(sub: argparse._SubParsersAction) -> None:
@@ -186,7 +189,7 @@ def _add_policy_training(tp: argparse.ArgumentParser) -> None:
     tp.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     tp.add_argument("--rank", type=integer, default=d.rank, help="LoRA rank (alpha = 2 × rank)")
     tp.add_argument("--seed", type=integer, default=d.seed)
-    tp.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
+    add_runtime(tp)
 
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
@@ -215,8 +218,9 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else artifacts_dir() / ALIGNED
     check_out_dir(out, args.base)
     user_file = read_policy_data(Path(args.data)) if args.data else None
-    base = load_model(args.base, device=args.device)
-    policy = make_policy(base)
+    rt = runtime(args)
+    base = load_model(args.base, rt)
+    policy = make_policy(base, kv_budget=rt.kv_budget)
     data = train_data.policy_data(policy, args.base, cfg, user_file)
     examples = policy_examples(policy.chat, data, cfg)
     policy.backend.clear()
@@ -247,14 +251,15 @@ def cmd_train_guard(args: argparse.Namespace) -> int:
         first_layer=args.first_layer,
     )
     out = Path(args.out) if args.out else adapter_dir(SMOL_GUARD)
+    rt = runtime(args)
     if args.world == "aligned":
-        examples = train_data.aligned_guard_examples(args)
-        meta = train_guard(load_model(SMOLLM2, device=args.device), examples, out, cfg)
+        examples = train_data.aligned_guard_examples(args, rt)
+        meta = train_guard(load_model(SMOLLM2, rt), examples, out, cfg)
         print(json.dumps(meta, indent=2))
         print(f"smol-guard (aligned world) written to {out}")
         return 0
-    corpus = train_data.guard_corpus(args)
-    base = load_model(SMOLLM2, device=args.device)
+    corpus = train_data.guard_corpus(args, rt)
+    base = load_model(SMOLLM2, rt)
     examples = guard_examples(
         corpus,
         lambda t: base.tokenizer.encode(t, add_special_tokens=False),
@@ -279,29 +284,43 @@ def _default_labels(guard: str, corpus: str) -> str:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+    from functools import partial
+
+    from saffron.cluster import worker_runtime
     from saffron.lm.adapters import fingerprint
-    from saffron.reward.loading import load_guard
-    from saffron.train.label import label_corpus, load_tokenizer, read_corpus
+    from saffron.train.label import (
+        cluster_labeller,
+        label_corpus,
+        load_tokenizer,
+        policy_guard,
+        read_corpus,
+    )
 
     cfg = LabelConfig(shard_size=args.shard_size, batch_size=args.batch_size)
     corpus = Path(args.corpus or _default_corpus()).expanduser()
     out = Path(args.out or _default_labels(args.guard, str(corpus))).expanduser()
+    ray = cluster(args)  # with Ray, the workers check the device and take the threads
+    rt = runtime(args) if ray is None else worker_runtime(runtime(args, here=False), ray)
     if not corpus.is_file():
         raise SaffronError(f"corpus file {corpus} does not exist")
     if not read_corpus(corpus):  # fail before loading any model
         raise SaffronError(f"corpus file {corpus} is empty; nothing to label")
     tok = load_tokenizer(args.policy)
-    guard = load_guard(args.guard, tok)
-    meta = label_corpus(
-        guard,
-        tok,
-        corpus,
-        out,
-        cfg,
-        guard_name=args.guard,
-        policy_name=args.policy,
-        guard_weights=fingerprint(args.guard),
-    )
+    make = partial(policy_guard, args.guard, args.policy, rt)
+    with cluster_labeller(ray, make, args.policy, cfg, rt) if ray else nullcontext() as parts:
+        meta = label_corpus(
+            make() if ray is None else None,
+            tok,
+            corpus,
+            out,
+            cfg,
+            guard_name=args.guard,
+            policy_name=args.policy,
+            guard_weights=fingerprint(args.guard),
+            dtype=rt.dtype,
+            label_parts=parts,
+        )
     print(json.dumps(meta, indent=2))
     print(f"labels written to {out}")
     return 0
@@ -331,13 +350,14 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     from saffron.train.mrm_train import check_labels, train_mrm
 
     cfg = _mrm_config(args)
+    rt = runtime(args)
     labels = Path(args.labels or _default_labels(SMOL_GUARD, _default_corpus())).expanduser()
     meta, items = read_labels(labels)
     guard = args.guard or str(meta["guard"])
     policy = args.policy or str(meta["policy"])
     policy_hash = vocab_hash(load_tokenizer(policy))
     check_labels(meta, policy_hash, int(str(meta["vocab_size"])), policy)  # before loading
-    backbone, layout = guard_backbone(guard)
+    backbone, layout = guard_backbone(guard, rt)
     vocab = int(backbone.model.get_output_embeddings().out_features)
     check_labels(meta, policy_hash, vocab, policy)
     weights = fingerprint(guard)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saffron.lm.models import SMOLLM2
+from saffron.runtime import RuntimeConfig
 
 if TYPE_CHECKING:
     from saffron.data import PromptRow
@@ -67,15 +68,15 @@ def deep_starts(policy: Policy, harmful: list[PromptRow]) -> dict[str, str]:
     return answers
 
 
-def guard_corpus(args: argparse.Namespace) -> list[CorpusItem]:
+def guard_corpus(args: argparse.Namespace, runtime: RuntimeConfig) -> list[CorpusItem]:
     """The response corpus of ``train-guard``'s options, built (or resumed) in the user cache
-    by the base SmolLM2 on the CPU."""
+    by the base SmolLM2 (loaded with ``runtime``)."""
     from saffron.lm.models import load_model
     from saffron.lm.policy import make_policy
     from saffron.paths import cache_dir
     from saffron.train.corpus import build_corpus
 
-    policy = make_policy(load_model(SMOLLM2))
+    policy = make_policy(load_model(SMOLLM2, runtime), kv_budget=runtime.kv_budget)
     suffix = (
         (f"-per{args.per_set}" if args.per_set else "")
         + ("-ownstart" if args.own_start else "")
@@ -92,7 +93,7 @@ def guard_corpus(args: argparse.Namespace) -> list[CorpusItem]:
     )
 
 
-def aligned_guard_examples(args: argparse.Namespace) -> list[GuardExample]:
+def aligned_guard_examples(args: argparse.Namespace, runtime: RuntimeConfig) -> list[GuardExample]:
     """The aligned world's guard data (``saffron.train.aligned_corpus``): the aligned policies'
     answers, the gold set's train part and the human rows (unless ``--no-human``)."""
     from saffron.data import load_scorer_rows
@@ -104,8 +105,8 @@ def aligned_guard_examples(args: argparse.Namespace) -> list[GuardExample]:
     from saffron.train.guard_train import human_heldout
 
     rows = training_prompts(args.seed, args.per_set)
-    starts, encode = harmful_starts(rows)
-    corpus = aligned_corpus(args, rows, starts)
+    starts, encode = harmful_starts(rows, runtime)
+    corpus = aligned_corpus(args, rows, starts, runtime)
     human = [
         (r.objective, r.response, bool(r.harmful))
         for r in load_scorer_rows()
@@ -122,7 +123,7 @@ def aligned_guard_examples(args: argparse.Namespace) -> list[GuardExample]:
 
 
 def harmful_starts(
-    rows: list[PromptRow],
+    rows: list[PromptRow], runtime: RuntimeConfig
 ) -> tuple[dict[str, tuple[int, ...]], Callable[[str], tuple[int, ...]]]:
     """The unaligned base's compliant answers to ``rows`` as token ids by prompt id (cached in
     the user cache, as for ``--deep``), and the base's text encoder."""
@@ -131,7 +132,7 @@ def harmful_starts(
     from saffron.lm.policy import make_policy
     from saffron.paths import cache_dir
 
-    base = make_policy(load_model(SMOLLM2))
+    base = make_policy(load_model(SMOLLM2, runtime), kv_budget=runtime.kv_budget)
     starts: dict[str, tuple[int, ...]] = {}
     for source in sorted({r.source for r in rows}):
         mine = [r for r in rows if r.source == source]
@@ -142,7 +143,10 @@ def harmful_starts(
 
 
 def aligned_corpus(
-    args: argparse.Namespace, rows: list[PromptRow], starts: dict[str, tuple[int, ...]]
+    args: argparse.Namespace,
+    rows: list[PromptRow],
+    starts: dict[str, tuple[int, ...]],
+    runtime: RuntimeConfig,
 ) -> list[CorpusItem]:
     """The answers of ``smol-aligned`` and ``smol-aligned-deep`` (no attack, after harmful
     starts of 5, 10 and 20 tokens, benign), each built or resumed in the user cache."""
@@ -158,7 +162,7 @@ def aligned_corpus(
     benign = benign_training_prompts()[: args.benign]
     corpus: list[CorpusItem] = []
     for name in (ALIGNED, ALIGNED_DEEP):
-        policy = make_policy(load_model(name))
+        policy = make_policy(load_model(name, runtime), kv_budget=runtime.kv_budget)
         jobs = aligned_jobs(name, rows, starts, benign, seed=args.seed, prefill_ks=(5, 10, 20))
         tag = f"seed{args.seed}" + (f"-per{args.per_set}" if args.per_set else "")
         path = cache_dir() / "corpus" / f"aligned-{name}-{tag}.jsonl"

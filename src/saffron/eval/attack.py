@@ -127,23 +127,26 @@ def write_harmful_answers(
     done = read_answers(path)
     todo = [r for r in rows if r.id not in done]
     for batch in batches(todo, cfg.batch_size):
-        got = _answer_batch(policy, batch, cfg)
+        got = answer_batch(policy, batch, cfg)
         append_jsonl(path, [asdict(a) for a in got])
         done.update((a.prompt_id, a) for a in got)
     return done
 
 
-def _answer_batch(policy: Policy, rows: list[PromptRow], cfg: AnswerConfig) -> list[HarmfulAnswer]:
-    """Greedy answers for ``rows``; then, in one batched decode, ``cfg.tries`` samples of every
-    prompt whose greedy answer is not compliant, the first compliant sample (by try) kept."""
+def answer_batch(policy: Policy, rows: list[PromptRow], cfg: AnswerConfig) -> list[HarmfulAnswer]:
+    """One batch of :func:`write_harmful_answers`, from a cleared cache (the same answers
+    wherever the batch runs): greedy answers for ``rows``; then, in one batched decode,
+    ``cfg.tries`` samples of every prompt whose greedy answer is not compliant, the first
+    compliant sample (by try) kept."""
     chat = policy.chat
     search = SearchConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, top_p=cfg.top_p)
 
     def answers(todo: list[PromptRow], greedy: bool) -> list[tuple[PromptRow, str, int]]:
         seqs = [chat.sequence(r.prompt, reserve=cfg.max_new_tokens) for r in todo]
+        policy.backend.clear()
         gen = generator(replace(search, seed=cfg.seed))
         outs = decode_batch(policy, seqs, search, greedy=greedy, gen=gen)
-        policy.backend.clear()
+        policy.backend.clear()  # and after: the cache holds nothing a later call needs
         out = []
         for r, s in zip(todo, outs, strict=True):
             toks = tuple(t for t in s.generated if t not in chat.eos_ids)

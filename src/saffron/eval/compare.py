@@ -54,7 +54,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
+    # the interval holds p; in floating point its end may round past it (6/6 → 0.99999…)
+    return (min(p, max(0.0, mid - half)), max(p, min(1.0, mid + half)))
 
 
 def cells(records: list[dict[str, Any]]) -> list[Cell]:

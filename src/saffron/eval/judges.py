@@ -27,6 +27,7 @@ from typing import Any
 from saffron.data import is_refusal
 from saffron.errors import SaffronError
 from saffron.files import write_text
+from saffron.runtime import CPU, RuntimeConfig
 
 JUDGES = ("guard", "independent", "degeneracy", "rule")
 SAFETY_JUDGES = ("guard", "independent", "rule")
@@ -209,11 +210,12 @@ def load_scorers(
     guard: str = "smol-guard",
     independent: str = "gemma-judge",
     degeneracy: str | Path = DEGENERACY_FILE,
+    runtime: RuntimeConfig = CPU,
 ) -> tuple[dict[str, Scorer], float]:
     """Load the judges ``names`` (see :data:`JUDGES`): the guard by name on the embedded
     policy's tokens, the independent judge by name, the degeneracy judge from its file (a name
-    in the artifacts folder, or a path) with its reference model. Returns the scorers and the
-    degeneracy threshold (0.5 when it is not asked for)."""
+    in the artifacts folder, or a path) with its reference model; models with ``runtime``.
+    Returns the scorers and the degeneracy threshold (0.5 when it is not asked for)."""
     from saffron.lm.models import SMOLLM2, load_model
     from saffron.lm.policy import make_policy
     from saffron.paths import artifacts_dir
@@ -223,16 +225,16 @@ def load_scorers(
     out: dict[str, Scorer] = {}
     threshold = 0.5
     if "guard" in names:
-        chat = make_policy(load_model(SMOLLM2)).chat
-        out["guard"] = guard_scorer(load_guard(guard, chat.tokenizer), chat)
+        chat = make_policy(load_model(SMOLLM2, runtime)).chat
+        out["guard"] = guard_scorer(load_guard(guard, chat.tokenizer, runtime=runtime), chat)
     if "independent" in names:
-        out["independent"] = independent_scorer(independent)
+        out["independent"] = independent_scorer(independent, runtime=runtime)
     if "degeneracy" in names:
         path = Path(degeneracy)
         judge = DegeneracyJudge.load(path if path.is_file() else artifacts_dir() / path)
         ref = None
         if judge.uses_reference:
-            m = load_model(judge.reference)
+            m = load_model(judge.reference, runtime)
             ref = reference_scorer(m.model.eval(), m.tokenizer)
         out["degeneracy"] = degeneracy_scorer(judge, ref)
         threshold = judge.threshold
@@ -241,13 +243,13 @@ def load_scorers(
     return out, threshold
 
 
-def independent_scorer(name: str, batch_size: int = 32) -> Scorer:
-    """The independent judge ``name`` (:mod:`saffron.reward.independent`) on the answers'
-    text, re-tokenised by its own tokenizer: the request and what the policy wrote, never the
-    prefill (as every guard)."""
+def independent_scorer(name: str, batch_size: int = 32, runtime: RuntimeConfig = CPU) -> Scorer:
+    """The independent judge ``name`` (:mod:`saffron.reward.independent`, loaded with
+    ``runtime``) on the answers' text, re-tokenised by its own tokenizer: the request and what
+    the policy wrote, never the prefill (as every guard)."""
     from saffron.reward.independent import load_judge
 
-    judge = load_judge(name)
+    judge = load_judge(name, runtime=runtime)
 
     def score(answers: Sequence[Answer]) -> list[float]:
         out: list[float] = []

@@ -11,6 +11,11 @@ for all of them), and each is charged what it costs alone on an empty cache, so 
 equal those of K = 1 (same tokens, compute and calls; rewards up to the rounding of a row
 computed in a batch of another shape) except wall times. Records are written as searches
 finish; resuming works the same way.
+
+The models run in this process or, with a ``cluster``, on Ray workers
+(:mod:`saffron.eval.engines`); this process alone writes the run's files, so a Ray run's
+records equal a local run's (same seed, same texts) and a killed Ray run resumes like a local
+one.
 """
 
 from __future__ import annotations
@@ -19,31 +24,30 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from saffron.data import PromptRow, is_refusal
 from saffron.data.prompts import dataset_names, rows_of_split
 from saffron.errors import SaffronError
-from saffron.eval.attack import (
-    AnswerConfig,
-    Attack,
-    answers_path,
-    parse_attack,
-    read_answers,
-    write_harmful_answers,
-)
+from saffron.eval.attack import AnswerConfig, Attack, answers_path, parse_attack, read_answers
 from saffron.eval.records import JsonlLog, claim_dir, record_key
+from saffron.files import append_jsonl
+from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
-from saffron.lm.policy import load_policy
 from saffron.reward.costing import READOUT, SuffixCosted, parse_guard_cost
+from saffron.runtime import CPU, RuntimeConfig
 from saffron.search import SearchConfig, SearchResult, World, get_method, run_search
 from saffron.search.base import check_budget
 from saffron.search.scheduler import Scheduler
 from saffron.types import TokenSequence
+
+if TYPE_CHECKING:
+    from saffron.cluster import ClusterConfig
+    from saffron.eval.engines import Engine
 
 ATTACK_POLICY = "smollm2-135m-instruct"  # the unaligned base writes the harmful answers
 
@@ -228,6 +232,9 @@ def run_eval(
     world_factory: Callable[[EvalConfig], World],
     shard: tuple[int, int] = (0, 1),
     concurrency: int = 1,
+    *,
+    runtime: RuntimeConfig = CPU,
+    cluster: ClusterConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the evaluation into ``out``; return the records in ``out``.
 
@@ -235,6 +242,10 @@ def run_eval(
     processes started with k = 0 … n−1 on the same ``out`` share the work (the shard is not part
     of the config: any split of the prompts yields the same records, see :class:`JsonlLog`).
     ``concurrency`` searches run together (module doc); nor is it part of the config.
+    ``cluster``: compute on Ray workers (:mod:`saffron.eval.engines`), each building its
+    models with ``world_factory`` (picklable, then); this process writes every file either way,
+    so the records and resuming are the same. ``runtime.dtype`` is part of the config when it
+    is not float32 (records in another dtype are other numbers).
     """
     if concurrency < 1:
         raise SaffronError(f"concurrency must be ≥ 1, got {concurrency}")
@@ -243,32 +254,45 @@ def run_eval(
         raise SaffronError(f"shard must be K/N with 0 ≤ K < N, got {k}/{n}")
     attack = parse_attack(cfg.attack)
     rows = select_rows(cfg)[k::n]
-    claim_dir(out, {**cfg.to_dict(), "weights": weights_of(cfg)})
+    dtype = {} if runtime.dtype == CPU.dtype else {"dtype": runtime.dtype}
+    claim_dir(out, {**cfg.to_dict(), "weights": weights_of(cfg), **dtype})
     records = JsonlLog(out / "records.jsonl")
     done = {record_key(r) for r in records.rows}
     todo = [(row, m, b) for row in rows for m in cfg.methods for b in budgets_for(cfg, m)]
     todo = [t for t in todo if (t[0].id, t[1], t[2]) not in done]
     if not todo:
         return records.rows
-    world = costed(world_factory(cfg), cfg)
-    prefills = _prefills(out, rows, world, attack, cfg)
-    skipped = {row.id for row in rows if prefills[row.id] is None}
+    from saffron.eval.engines import open_engine  # engines build on this module
+
+    with open_engine(cfg, world_factory, runtime, concurrency, cluster) as engine:
+        prefills = _prefills(out, rows, engine, attack, cfg)
+        todo = _without_skipped(todo, prefills)
+        _write(records, engine.records(todo, prefills), len(todo))
+    if n > 1 or cluster is not None:  # other shards may have written meanwhile
+        return JsonlLog(out / "records.jsonl").rows
+    return records.rows
+
+
+def _without_skipped(todo: list[Todo], prefills: dict[str, list[int] | None]) -> list[Todo]:
+    """``todo`` less the prompts the attack has nothing to prefill for (said on stderr)."""
+    skipped = {row.id for row, _, _ in todo if prefills[row.id] is None}
     if skipped:
         print(
             f"{len(skipped)} prompts skipped: no compliant harmful answer to prefill",
             file=sys.stderr,
         )
-        todo = [t for t in todo if t[0].id not in skipped]
+    return [t for t in todo if t[0].id not in skipped]
+
+
+def _write(records: JsonlLog, made: Iterator[dict[str, Any]], total: int) -> None:
+    """Append each record as it comes, with a progress bar showing the attack success rate."""
     unsafe = sum(bool(r["unsafe"]) for r in records.rows)
-    with tqdm(total=len(todo), desc="eval") as bar:
-        for rec in _records(world, todo, prefills, cfg, concurrency):
+    with tqdm(total=total, desc="eval") as bar:
+        for rec in made:
             records.append(rec)
             unsafe += rec["unsafe"]
             bar.update(1)
             bar.set_postfix(asr=f"{unsafe / len(records.rows):.2f}")
-    if n > 1:  # other shards may have written meanwhile
-        return JsonlLog(out / "records.jsonl").rows
-    return records.rows
 
 
 def costed(world: World, cfg: EvalConfig) -> World:
@@ -282,7 +306,7 @@ def costed(world: World, cfg: EvalConfig) -> World:
 
 
 def _prefills(
-    out: Path, rows: list[PromptRow], world: World, attack: Attack, cfg: EvalConfig
+    out: Path, rows: list[PromptRow], engine: Engine, attack: Attack, cfg: EvalConfig
 ) -> dict[str, list[int] | None]:
     """Each row's prefill, chosen once and logged in ``prefills.jsonl`` (a resumed run reuses
     them). Harmful answers come from the committed file of a named set; prompts it lacks are
@@ -290,18 +314,18 @@ def _prefills(
     log = JsonlLog(out / "prefills.jsonl")
     known = {str(r["prompt_id"]): r["tokens"] for r in log.rows}
     todo = [r for r in rows if r.id not in known]
-    answers = _harmful_answers(out, [r for r in todo if needs_answer(r, attack)], world, cfg)
-    for row in todo:
-        toks = choose_prefill(world.policy.chat, row, attack, answers.get(row.id))
-        text = None if toks is None else world.policy.chat.decode(tuple(toks))
-        log.append({"prompt_id": row.id, "tokens": toks, "text": text})
-        known[row.id] = toks
+    answers = _harmful_answers(out, [r for r in todo if needs_answer(r, attack)], engine, cfg)
+    for line in engine.prefill_lines(todo, answers) if todo else []:
+        log.append(line)
+        known[str(line["prompt_id"])] = line["tokens"]
     return known
 
 
 def _harmful_answers(
-    out: Path, rows: list[PromptRow], world: World, cfg: EvalConfig
+    out: Path, rows: list[PromptRow], engine: Engine, cfg: EvalConfig
 ) -> dict[str, str | None]:
+    """The harmful answer of each row: committed, or made by the engine in the batches of
+    :func:`~saffron.eval.attack.write_harmful_answers`, appended to the run's file per batch."""
     if not rows:
         return {}
     committed = read_answers(answers_path(cfg.dataset)) if cfg.dataset in dataset_names() else {}
@@ -312,18 +336,18 @@ def _harmful_answers(
     }
     missing = [r for r in rows if r.id not in found]
     if missing:
-        _clear(world)
-        attacker = (
-            world.policy if cfg.attack_policy == cfg.policy else load_policy(cfg.attack_policy)
-        )
-        made = write_harmful_answers(
-            attacker, missing, out / "harmful-answers.jsonl", AnswerConfig(seed=cfg.seed)
-        )
-        found |= {r.id: made[r.id].text for r in missing}
+        path = out / "harmful-answers.jsonl"
+        done = read_answers(path)
+        left = [r for r in missing if r.id not in done]
+        for got in engine.answers(list(batches(left, AnswerConfig().batch_size))):
+            append_jsonl(path, [asdict(a) for a in got])
+            done.update((a.prompt_id, a) for a in got)
+        found |= {r.id: done[r.id].text for r in missing}
     return found
 
 
-def _clear(world: World) -> None:
+def clear(world: World) -> None:
+    """Empty every backend's cache."""
     for backend in world.backends().values():
         backend.clear()
 
@@ -331,7 +355,7 @@ def _clear(world: World) -> None:
 Todo = tuple[PromptRow, str, int]
 
 
-def _records(
+def iter_records(
     world: World,
     todo: list[Todo],
     prefills: dict[str, list[int] | None],
@@ -369,7 +393,7 @@ def evaluate_one(
 ) -> dict[str, Any]:
     """Run one search from a cold cache and judge its answer."""
     seq = _sequence(world, row, prefill, cfg)
-    _clear(world)
+    clear(world)
     t0 = time.perf_counter()
     result = run_search(method, world, seq, cfg.search(budget, method))
     wall = time.perf_counter() - t0

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from peft import PeftModel
 
 from saffron.errors import SaffronError
 from saffron.files import sha256_files, write_json
 from saffron.lm.models import LoadedModel, load_model
 from saffron.paths import artifacts_dir
+from saffron.runtime import CPU, RuntimeConfig
 
 
 def save_adapter(model: PeftModel, folder: Path, base_name: str) -> None:
@@ -57,18 +57,17 @@ def merged_adapter(
     name: str,
     *,
     trainer: str = "",
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    runtime: RuntimeConfig = CPU,
 ) -> LoadedModel:
     """Base model with the LoRA adapter in ``folder`` merged in (no extra latency).
 
     ``trainer`` names the command that writes such a folder, for the error message; the base
-    is loaded on ``device``.
+    is loaded with ``runtime`` (device, dtype).
     """
     if not (folder / "adapter_config.json").is_file():
         how = f" or run `saffron {trainer}`" if trainer else ""
         raise SaffronError(f"the {name} artifacts are missing in {folder}; reinstall Saffron{how}")
-    base = load_model(base_name, dtype=dtype, device=device)
+    base = load_model(base_name, runtime)
     return merge_lora(base, folder, name, error=f"the {name} adapter in {folder} is corrupt")
 
 
@@ -86,7 +85,7 @@ def merge_lora(base: LoadedModel, folder: Path, name: str, *, error: str) -> Loa
     return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
 
 
-def load_policy_adapter(name: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_policy_adapter(name: str, runtime: RuntimeConfig = CPU) -> LoadedModel:
     """A policy written by ``saffron train-policy`` (an embedded name such as ``smol-aligned``,
     or its folder): the base named in its ``meta.json`` with the adapter merged in."""
     folder = artifact_folder(name)
@@ -101,4 +100,4 @@ def load_policy_adapter(name: str, *, dtype: torch.dtype = torch.float32) -> Loa
         base = str(meta["base"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise SaffronError(f"the policy {name}'s meta.json is corrupt: {err}") from err
-    return merged_adapter(base, folder, name, trainer="train-policy", dtype=dtype)
+    return merged_adapter(base, folder, name, trainer="train-policy", runtime=runtime)

@@ -48,6 +48,7 @@ class CacheStats:
     bytes_held: int
     bytes_budget: int
     bytes_allocated: int
+    bytes_peak: int = 0  # most bytes the cache and its transient buffers held at once
 
 
 @dataclass
@@ -301,10 +302,18 @@ class PlainBackend(Backend):
 class TrieBackend(Backend):
     """Trie-shared KV cache with a byte budget and LRU eviction of leaves.
 
-    ``max_bytes`` bounds the bytes of cached positions (keys + values of every layer + hidden
-    state; None: ``DEFAULT_KV_BUDGET``). When a call needs more room, least recently used
-    leaves not needed by the call are evicted; a call that alone needs more than the budget is
-    refused.
+    ``max_bytes`` (None: ``DEFAULT_KV_BUDGET``) bounds everything the cache holds at once,
+    counted in positions of ``bytes_per_slot`` (keys + values of every layer + hidden state):
+    the pool of cached positions, its growth (the old and the new pool coexist while it is
+    copied), and a forward's transient buffers (the gathered past and the new positions). Half
+    of the budget is the pool's; the other half bounds a forward's padded positions
+    (``max_batch_tokens`` is lowered to fit) and a growth's copy, so at no time does the sum
+    exceed the budget (``stats().bytes_peak``).
+
+    When a call needs more room, least recently used leaves not needed by the call are
+    evicted; a call whose new positions do not fit even then is split into parts of whole
+    sequences, each run (and its outputs copied out) before the next evicts it. Only a single
+    sequence longer than the pool is refused: attention needs its whole past at once.
     """
 
     def __init__(
@@ -322,10 +331,16 @@ class TrieBackend(Backend):
         n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
         n_layers = int(cfg.num_hidden_layers)
         per_slot = KVPool.bytes_per_slot_for(n_layers, n_kv, head_dim, self.d_model, self.dtype)
-        max_slots = max_bytes // per_slot + 1  # + the reserved zero slot
+        positions = max_bytes // per_slot
+        max_slots = positions // 2  # the pool's half, its reserved zero slot included
         if max_slots < 2:
-            raise SaffronError(f"KV budget of {max_bytes} bytes holds no position ({per_slot} B)")
+            raise SaffronError(
+                f"a KV budget of {max_bytes} bytes is too small: it must hold at least 4 "
+                f"positions of {per_slot} bytes"
+            )
         self.max_bytes = max_bytes
+        self.max_batch_tokens = min(max_batch_tokens, positions - max_slots)
+        self.peak_bytes = 0
         self.pool = KVPool(
             n_layers=n_layers,
             n_kv_heads=n_kv,
@@ -340,16 +355,18 @@ class TrieBackend(Backend):
     # --- interface --------------------------------------------------------------------------
 
     def last_hidden(self, seqs: Sequence[Sequence[int]]) -> Tensor:
-        paths = self._ensure(self._validate(seqs))
-        slots = torch.tensor([p[-1].slot for p in paths], device=self.device)
-        return self.pool.hidden.index_select(0, slots)
+        parts = []
+        for _, paths in self._ensure_parts(self._validate(seqs)):
+            slots = torch.tensor([p[-1].slot for p in paths], device=self.device)
+            parts.append(self.pool.hidden.index_select(0, slots))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def hidden_from(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[Tensor]:
-        paths = self._ensure(self._validate(seqs))
         out = []
-        for path, st in zip(paths, starts, strict=True):
-            slots = torch.tensor([nd.slot for nd in path[st:]], dtype=torch.long)
-            out.append(self.pool.hidden.index_select(0, slots.to(self.device)))
+        for first, paths in self._ensure_parts(self._validate(seqs)):
+            for path, st in zip(paths, starts[first : first + len(paths)], strict=True):
+                slots = torch.tensor([nd.slot for nd in path[st:]], dtype=torch.long)
+                out.append(self.pool.hidden.index_select(0, slots.to(self.device)))
         return out
 
     def clear(self) -> None:
@@ -362,6 +379,7 @@ class TrieBackend(Backend):
             bytes_held=self.pool.used * self.pool.bytes_per_slot,
             bytes_budget=self.max_bytes,
             bytes_allocated=self.pool.bytes_allocated,
+            bytes_peak=max(self.peak_bytes, self.pool.peak_bytes),
         )
 
     def ledger(self) -> Ledger:
@@ -379,8 +397,59 @@ class TrieBackend(Backend):
 
     # --- the cache --------------------------------------------------------------------------
 
-    def _ensure(self, seqs: list[tuple[int, ...]]) -> list[list[TrieNode]]:
-        """Make every position of every sequence stored; return each sequence's node path.
+    def _ensure_parts(
+        self, seqs: list[tuple[int, ...]]
+    ) -> Iterator[tuple[int, list[list[TrieNode]]]]:
+        """Store every position of ``seqs``, in consecutive parts that each fit the pool;
+        yields (index of the part's first sequence, the part's node paths). The consumer reads
+        a part's outputs before asking for the next, which may evict them. Counted as one
+        call once every part ran."""
+        counted: list[tuple[int, int]] = []
+        reused = first = 0
+        while first < len(seqs):
+            end = first + self._fitting(seqs[first:])
+            paths, segments, hits = self._ensure(seqs[first:end])
+            counted += segments
+            reused += hits
+            yield first, paths
+            first = end
+        self._count(counted, reused, len(seqs))
+
+    def _fitting(self, seqs: list[tuple[int, ...]]) -> int:
+        """How many leading ``seqs`` fit in the pool together: the stored positions they read
+        (protected from eviction) plus the new ones they add (each distinct prefix once).
+        SaffronError when not even the first fits."""
+        room = self.pool.max_slots - 1  # slot 0 is reserved
+        if sum(len(s) for s in seqs) <= room:
+            return len(seqs)
+        held: set[int] = set()  # ids of the stored nodes the part reads
+        fresh: dict[int, dict[int, dict]] = {}  # new positions as token trees under a stored node
+        added = 0
+        for i, seq in enumerate(seqs):
+            node, n = self.trie.root, 0
+            while n < len(seq) and (nxt := node.children.get(seq[n])) and nxt.slot != PENDING:
+                held.add(id(nxt))
+                node, n = nxt, n + 1
+            tree = fresh.setdefault(id(node), {})
+            for tok in seq[n:]:
+                if tok not in tree:
+                    tree[tok], added = {}, added + 1
+                tree = tree[tok]
+            if len(held) + added > room:
+                if i == 0:
+                    raise SaffronError(
+                        f"KV cache budget of {self.max_bytes / 2**20:.1f} MiB is too small for a "
+                        f"sequence of {len(seq)} tokens (its pool holds {room} positions, half "
+                        "the budget); raise the budget"
+                    )
+                return i
+        return len(seqs)
+
+    def _ensure(
+        self, seqs: list[tuple[int, ...]]
+    ) -> tuple[list[list[TrieNode]], list[tuple[int, int]], int]:
+        """Make every position of every sequence stored; return each sequence's node path,
+        the (past, new) sizes of the segments computed and the positions reused.
 
         Each missing node is computed once even when several sequences of the call share it
         (:func:`~saffron.lm.trie.plan_call`: the sequence that inserts a node first owns it; a
@@ -406,8 +475,7 @@ class TrieBackend(Backend):
         except BaseException:
             self._undo(plan.created)
             raise
-        self._count(counted, plan.reused, len(seqs))
-        return plan.paths
+        return plan.paths, counted, plan.reused
 
     def _assign_slots(self, created: list[TrieNode], protect: int) -> None:
         need = len(created)
@@ -434,6 +502,11 @@ class TrieBackend(Backend):
         hidden, buffers = self._forward(chunk, self.pool)
         pool, dev = self.pool, self.device
         bsz, lm = hidden.shape[0], hidden.shape[1]
+        gathered = (
+            2 * len(buffers) * buffers[0].buf_keys.numel() * buffers[0].buf_keys.element_size()
+        )
+        transient = gathered + hidden.numel() * hidden.element_size()
+        self.peak_bytes = max(self.peak_bytes, pool.bytes_allocated + transient)
         pm = max(len(seg.past) for seg in chunk)
         n_new = torch.tensor([len(seg.tokens) for seg in chunk], device=dev)
         valid = torch.arange(lm, device=dev)[None, :] < n_new[:, None]  # (B, Lm)

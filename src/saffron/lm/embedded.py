@@ -31,6 +31,7 @@ from saffron.errors import SaffronError
 from saffron.files import sha256_file, write_folder, write_json
 from saffron.paths import cache_dir
 from saffron.progress import progress
+from saffron.runtime import CPU, RuntimeConfig
 
 CONVERTED_MARKER = "saffron-conversion.json"
 
@@ -182,12 +183,17 @@ def _save_converted(
 
 
 def load_converted(
-    spec: EmbeddedGGUF, dtype: torch.dtype
+    spec: EmbeddedGGUF, runtime: RuntimeConfig = CPU
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The converted model (converting first if needed) and its tokenizer."""
+    """The converted model (converting first if needed) and its tokenizer, in
+    ``runtime.dtype``, placed on ``runtime.device`` as it loads (``device_map``)."""
     folder = ensure_converted(spec)
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=dtype, attn_implementation="sdpa", use_safetensors=True
+        str(folder),
+        dtype=runtime.torch_dtype,
+        device_map=runtime.device_map(),
+        attn_implementation="sdpa",
+        use_safetensors=True,
     )
     return model, tok

@@ -9,7 +9,8 @@ Heads before slots: viewed flat as (n_layers, n_kv_heads · capacity, head_dim),
 ``index_select`` with row ``h · capacity + slot`` gathers the past of a whole batch straight
 into the (batch, heads, length, head_dim) layout attention reads, with no transpose copy (see
 :meth:`KVPool.flat_index`). Slot 0 is reserved and stays zero: gathers use it as padding. The
-pool grows by doubling up to ``max_slots``; freed slots are reused.
+pool grows by doubling up to ``max_slots``; freed slots are reused. While it grows, the old
+and the new tensors coexist (``peak_bytes`` records the most held at once).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class KVPool:
         self.values = torch.zeros_like(self.keys)
         self.hidden = torch.zeros(cap, d_model, dtype=dtype, device=device)
         self._free: list[int] = list(range(cap - 1, 0, -1))  # pop() gives low slots first
+        self.peak_bytes = self.bytes_allocated  # most bytes held at once, growth included
 
     @staticmethod
     def bytes_per_slot_for(
@@ -88,11 +90,12 @@ class KVPool:
         new = min(self.max_slots, old * 2)
         if new <= old:
             raise RuntimeError("KV pool is at its byte budget")
-        pad = new - old
-        shape = (self.n_layers, self.n_kv_heads, pad, self.head_dim)
-        self.keys = torch.cat([self.keys, self.keys.new_zeros(shape)], 2)
-        self.values = torch.cat([self.values, self.values.new_zeros(shape)], 2)
-        self.hidden = torch.cat([self.hidden, self.hidden.new_zeros(pad, self.d_model)], 0)
+        # each tensor is copied into its larger successor, then dropped: at most the old pool
+        # and the new one are held at once
+        self.peak_bytes = max(self.peak_bytes, (old + new) * self.bytes_per_slot)
+        self.keys = _widened(self.keys, 2, new)
+        self.values = _widened(self.values, 2, new)
+        self.hidden = _widened(self.hidden, 0, new)
         self._free.extend(range(new - 1, old - 1, -1))
         self._free.sort(reverse=True)
 
@@ -118,3 +121,13 @@ class KVPool:
     @property
     def bytes_allocated(self) -> int:
         return self.capacity * self.bytes_per_slot
+
+
+def _widened(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """A zero tensor like ``t`` but ``size`` long along ``dim``, holding ``t`` at its start
+    (one allocation of the new size, one copy: no padding tensor besides)."""
+    shape = list(t.shape)
+    shape[dim] = size
+    out = t.new_zeros(shape)
+    out.narrow(dim, 0, t.shape[dim]).copy_(t)
+    return out

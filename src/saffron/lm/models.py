@@ -43,6 +43,7 @@ from transformers import (
 
 from saffron.errors import SaffronError
 from saffron.lm.embedded import EmbeddedGGUF, ensure_converted, load_converted
+from saffron.runtime import CPU, RuntimeConfig
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
@@ -169,20 +170,19 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def load_model(
-    name: str,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-    trust_remote_code: bool = False,
+    name: str, runtime: RuntimeConfig = CPU, *, trust_remote_code: bool = False
 ) -> LoadedModel:
-    """Load a registered name, a local Hugging Face folder or a hub id, in eval mode.
+    """Load a registered name, a local Hugging Face folder or a hub id, in eval mode, in
+    ``runtime.dtype`` on ``runtime.device`` (:mod:`saffron.runtime`).
 
-    Raises SaffronError (one line) for an unknown name, a missing embedded file or a failed
-    download.
+    Raises SaffronError (one line) for a device this machine lacks (before reading any weight),
+    an unknown name, a missing embedded file or a failed download.
     """
+    device = runtime.check()
+    dtype = runtime.torch_dtype
     loaders: dict[str, Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]] = {
-        SMOLLM2: lambda: load_converted(EMBEDDED_GGUF[SMOLLM2], dtype),
-        GEMMA3: lambda: load_converted(EMBEDDED_GGUF[GEMMA3], dtype),
+        SMOLLM2: lambda: load_converted(EMBEDDED_GGUF[SMOLLM2], runtime),
+        GEMMA3: lambda: load_converted(EMBEDDED_GGUF[GEMMA3], runtime),
         TINY: lambda: tiny_random_llama(dtype=dtype),
         TINY_GEMMA3: lambda: tiny_random_gemma3(dtype=dtype),
     }
@@ -191,30 +191,32 @@ def load_model(
     elif name in EMBEDDED_POLICIES or _is_adapter_folder(name):
         from saffron.lm.adapters import load_policy_adapter  # adapters builds on this module
 
-        loaded = load_policy_adapter(name, dtype=dtype)
+        loaded = load_policy_adapter(name, runtime)
         model, tok = loaded.model, loaded.tokenizer
     elif Path(name).expanduser().is_dir():
-        model, tok = _load_hf(str(Path(name).expanduser()), dtype, trust_remote_code, local=True)
+        model, tok = _load_hf(str(Path(name).expanduser()), runtime, trust_remote_code, local=True)
     elif _looks_like_hub_id(name):
-        model, tok = _load_hf(name, dtype, trust_remote_code, local=False)
+        model, tok = _load_hf(name, runtime, trust_remote_code, local=False)
     else:
         raise SaffronError(
             f"unknown model {name!r}; known: {', '.join(known_names())}, "
             "or a local Hugging Face folder, or a hub id like org/name"
         )
+    # a no-op where device_map placed it already
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     return LoadedModel(name=name, model=model, tokenizer=tok)
 
 
 def _load_hf(
-    name: str, dtype: torch.dtype, trust_remote_code: bool, *, local: bool
+    name: str, runtime: RuntimeConfig, trust_remote_code: bool, *, local: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             name,
-            dtype=dtype,
+            dtype=runtime.torch_dtype,
+            device_map=runtime.device_map(),
             trust_remote_code=trust_remote_code,
             attn_implementation="sdpa",
             use_safetensors=True,

@@ -12,6 +12,7 @@ from saffron.lm.backend import Backend, PlainBackend, TrieBackend
 from saffron.lm.batching import batches
 from saffron.lm.chat import ChatFormat
 from saffron.lm.models import LoadedModel, load_model
+from saffron.runtime import CPU, RuntimeConfig
 from saffron.types import TokenSequence
 
 
@@ -48,8 +49,9 @@ def make_policy(loaded: LoadedModel, *, cache: bool = True, kv_budget: int | Non
     return Policy(backend=backend, chat=chat)
 
 
-def load_policy(name: str, *, cache: bool = True, device: str = "cpu") -> Policy:
-    return make_policy(load_model(name, device=device), cache=cache)
+def load_policy(name: str, runtime: RuntimeConfig = CPU, *, cache: bool = True) -> Policy:
+    """The policy ``name`` loaded with ``runtime`` (device, dtype, KV budget)."""
+    return make_policy(load_model(name, runtime), cache=cache, kv_budget=runtime.kv_budget)
 
 
 def bulk_greedy(

@@ -36,7 +36,9 @@ GUARD_SYSTEM = (
 
 
 class VerdictHead(nn.Module):
-    """A one-row head: (…, d) → (…,) = diff · h + bias, the reward logit(safe) − logit(unsafe).
+    """A one-row head: (…, d) → (…,) = diff · h + bias, the reward logit(safe) − logit(unsafe),
+    in float32 whatever the model's dtype (in bfloat16 the two logits' own rounding would
+    swamp a close verdict).
 
     :meth:`from_lm_head` takes the two rows of an LM head (a frozen difference); a trained judge
     stores its own ``diff`` and ``bias`` (:mod:`saffron.reward.independent`).
@@ -44,20 +46,20 @@ class VerdictHead(nn.Module):
 
     def __init__(self, diff: Tensor, bias: float = 0.0) -> None:
         super().__init__()
-        self.diff = nn.Parameter(diff.detach().clone(), requires_grad=False)  # (d,)
+        self.diff = nn.Parameter(diff.detach().float().clone(), requires_grad=False)  # (d,)
         self.bias = float(bias)
         self.out_features = 1
 
     @classmethod
     def from_lm_head(cls, lm_head: nn.Linear, safe_id: int, unsafe_id: int) -> VerdictHead:
         """The difference of the LM head's rows for the verdict words (Llama Guard's reward)."""
-        rows = lm_head.weight.detach()[[safe_id, unsafe_id]]
+        rows = lm_head.weight.detach()[[safe_id, unsafe_id]].float()  # (2, d): diff in float32
         bias = lm_head.bias
-        b = float(bias[safe_id] - bias[unsafe_id]) if bias is not None else 0.0
+        b = float(bias[safe_id].float() - bias[unsafe_id].float()) if bias is not None else 0.0
         return cls(rows[0] - rows[1], b)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return hidden.float() @ self.diff.float() + self.bias
+        return hidden.float() @ self.diff + self.bias
 
 
 def single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:

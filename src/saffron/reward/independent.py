@@ -42,6 +42,7 @@ from saffron.lm.adapters import artifact_folder, merged_adapter
 from saffron.lm.backend import Backend, TrieBackend
 from saffron.reward.base import Guard
 from saffron.reward.guard import VerdictHead
+from saffron.runtime import CPU, RuntimeConfig
 from saffron.types import TokenSequence
 
 GEMMA_JUDGE = "gemma-judge"
@@ -235,20 +236,20 @@ def load_judge(
     name: str,
     policy_tokenizer: PreTrainedTokenizerBase | None = None,
     *,
-    kv_budget: int | None = None,
-    device: str = "cpu",
+    runtime: RuntimeConfig = CPU,
 ) -> TextJudge:
     """The embedded ``gemma-judge`` or a judge folder written by ``saffron train-judge``: its
-    base (named in meta.json) with the LoRA adapter merged in, and its verdict head."""
+    base (named in meta.json) with the LoRA adapter merged in, loaded with ``runtime``, and its
+    verdict head (float32)."""
     folder = artifact_folder(name)
     meta = read_judge_meta(folder, name)
     fmt = JudgeFormat.from_dict(meta.get("format", {}))
     head = read_head(folder, name)
-    loaded = merged_adapter(str(meta["base"]), folder, name, trainer="train-judge", device=device)
+    loaded = merged_adapter(str(meta["base"]), folder, name, trainer="train-judge", runtime=runtime)
     return TextJudge(
-        TrieBackend(loaded, max_bytes=kv_budget),
+        TrieBackend(loaded, max_bytes=runtime.kv_budget),
         name=name,
-        head=head.to(device),
+        head=head.to(runtime.check()),
         fmt=fmt,
         policy_tokenizer=policy_tokenizer,
     )

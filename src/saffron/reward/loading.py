@@ -16,6 +16,7 @@ from saffron.paths import artifacts_dir
 from saffron.reward.base import Guard
 from saffron.reward.guard import GUARD_SYSTEM, ReadoutGuard, SuffixGuard
 from saffron.reward.independent import GEMMA_JUDGE, is_judge_folder, load_judge
+from saffron.runtime import CPU, RuntimeConfig
 
 ARTIFACTS = artifacts_dir()
 SMOL_GUARD = "smol-guard"
@@ -36,18 +37,18 @@ def load_guard(
     name: str,
     policy_tokenizer: PreTrainedTokenizerBase | None = None,
     *,
-    kv_budget: int | None = None,
-    device: str = "cpu",
+    runtime: RuntimeConfig = CPU,
 ) -> Guard:
     """A guard by name: ``smol-guard``, ``gemma-judge``, ``meta-llama/Llama-Guard-3-1B``, or a
     local folder holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``) or
     a judge written by ``saffron train-judge`` (its meta says ``kind: judge``).
 
     ``policy_tokenizer`` is the tokenizer of the token ids the guard will be given (default: the
-    guard's own). ``device``: the torch device the guard's network runs on.
+    guard's own). ``runtime``: the device and dtype of the guard's network and its trie's byte
+    budget; the verdicts come back in float32.
     """
     if is_judge_folder(name):
-        return load_judge(name, policy_tokenizer, kv_budget=kv_budget, device=device)
+        return load_judge(name, policy_tokenizer, runtime=runtime)
     if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
         folder = adapter_dir(SMOL_GUARD) if name == SMOL_GUARD else Path(name)
         meta = (
@@ -56,10 +57,10 @@ def load_guard(
             else {}
         )
         loaded = merged_adapter(
-            meta.get("base", SMOLLM2), folder, name, trainer="train-guard", device=device
+            meta.get("base", SMOLLM2), folder, name, trainer="train-guard", runtime=runtime
         )
         return ReadoutGuard(
-            TrieBackend(loaded, max_bytes=kv_budget),
+            TrieBackend(loaded, max_bytes=runtime.kv_budget),
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
             system=meta.get("system", GUARD_SYSTEM),
@@ -67,9 +68,9 @@ def load_guard(
             unsafe_word=meta.get("unsafe_token", " unsafe"),
         )
     if name == LLAMA_GUARD or "/" in name:
-        loaded = load_model(name, device=device)
+        loaded = load_model(name, runtime)
         return SuffixGuard(
-            TrieBackend(loaded, max_bytes=kv_budget),
+            TrieBackend(loaded, max_bytes=runtime.kv_budget),
             name=name,
             policy_tokenizer=policy_tokenizer or loaded.tokenizer,
         )

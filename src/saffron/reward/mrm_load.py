@@ -39,6 +39,7 @@ from saffron.reward.mrm import (
     merged_mrm,
 )
 from saffron.reward.released import is_released, load_released, released_layout
+from saffron.runtime import CPU, RuntimeConfig
 
 SMOL_MRM = "smol-mrm"
 MRMS = {
@@ -51,11 +52,11 @@ def mrm_dir(name: str = SMOL_MRM) -> Path:
     return ARTIFACTS / name
 
 
-def guard_backbone(guard_name: str, device: str = "cpu") -> tuple[LoadedModel, Layout]:
+def guard_backbone(guard_name: str, runtime: RuntimeConfig = CPU) -> tuple[LoadedModel, Layout]:
     """The guard's network (LoRA merged; a fresh copy the caller may modify) and the MRM input
     layout that goes with it: a readout guard's own judge template, else the released
     Saffron-1 layout."""
-    guard = load_guard(guard_name, device=device)
+    guard = load_guard(guard_name, runtime=runtime)
     loaded = guard.backend.loaded
     if isinstance(guard, ReadoutGuard):
         return loaded, Layout(guard.prefix, guard.infix)
@@ -90,8 +91,7 @@ def load_trained(
     backbone: LoadedModel | None = None,
     *,
     name: str | None = None,
-    kv_budget: int | None = None,
-    device: str = "cpu",
+    runtime: RuntimeConfig = CPU,
 ) -> MRM:
     """An MRM folder written by ``saffron train-mrm``, LoRA merged, on a trie backend.
 
@@ -107,7 +107,7 @@ def load_trained(
         raise SaffronError(f"{folder / META_FILE} has no layout")
     layout = Layout(tuple(layout_d["prefix"]), tuple(layout_d["infix"]))
     if backbone is None:
-        backbone, _ = guard_backbone(str(meta["base_guard"]), device)
+        backbone, _ = guard_backbone(str(meta["base_guard"]), runtime)
     vocab = int(backbone.model.get_output_embeddings().out_features)
     if bias.shape != (vocab,) or unseen.shape != (vocab,):
         raise SaffronError(
@@ -118,7 +118,7 @@ def load_trained(
         backbone,
         folder,
         MRMParts(name, layout, bias, unseen, meta),
-        kv_budget=kv_budget,
+        kv_budget=runtime.kv_budget,
         error=f"the MRM adapter in {folder} is corrupt",
     )
 
@@ -129,13 +129,12 @@ def load_mrm(
     *,
     policy_vocab: int | None = None,
     policy_vocab_hash: str | None = None,
-    kv_budget: int | None = None,
-    device: str = "cpu",
+    runtime: RuntimeConfig = CPU,
 ) -> MRM:
     """An MRM by name (``smol-mrm``) or folder; refused when it does not score the policy's
     vocabulary: ``policy`` (its head size and tokenizer), or ``policy_vocab`` (size) and
-    ``policy_vocab_hash`` (checked when the folder records one). ``device``: the torch device
-    its network runs on.
+    ``policy_vocab_hash`` (checked when the folder records one). ``runtime``: the device and
+    dtype of its network and its trie's byte budget; reward vectors come back in float32.
     """
     if policy is not None:
         policy_vocab = policy.vocab_size
@@ -146,9 +145,9 @@ def load_mrm(
             f"the {SMOL_MRM} artifacts are missing in {folder}; run `saffron train-mrm`"
         )
     if (folder / META_FILE).is_file():
-        mrm = load_trained(folder, name=name, kv_budget=kv_budget, device=device)
+        mrm = load_trained(folder, name=name, runtime=runtime)
     elif is_released(folder):
-        mrm = load_released(folder, name=name, kv_budget=kv_budget, device=device)
+        mrm = load_released(folder, name=name, runtime=runtime)
     else:
         raise SaffronError(f"unknown MRM {name!r}; known: {SMOL_MRM}, or an MRM folder")
     if policy_vocab is not None:

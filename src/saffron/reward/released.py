@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from saffron.errors import SaffronError
 from saffron.lm.models import LoadedModel, load_model
 from saffron.reward.mrm import MRM, Layout, MRMParts, merged_mrm
+from saffron.runtime import CPU, RuntimeConfig
 
 RELEASED_BASE = "meta-llama/Llama-Guard-3-1B"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -156,17 +157,16 @@ def load_released(
     base: LoadedModel | None = None,
     *,
     name: str | None = None,
-    kv_budget: int | None = None,
-    device: str = "cpu",
+    runtime: RuntimeConfig = CPU,
 ) -> MRM:
-    """The released MRM on a trie backend: base (default: the one its adapter names) with the
-    LoRA merged in, the released bias, unseen tokens −∞.
+    """The released MRM on a trie backend: base (default: the one its adapter names, loaded with
+    ``runtime``) with the LoRA merged in, the released bias (float32), unseen tokens −∞.
 
     ``base`` is mutated (the adapter is merged into its weights).
     """
     name = name or folder.name
     files = read_released(folder)  # validate before loading a large base
-    base = base if base is not None else load_model(files.base, device=device)
+    base = base if base is not None else load_model(files.base, runtime)
     config = base.model.config
     read_released(
         folder,
@@ -183,6 +183,6 @@ def load_released(
         base,
         folder,
         parts,
-        kv_budget=kv_budget,
+        kv_budget=runtime.kv_budget,
         error=f"the adapter in {folder} does not fit {base.name}",
     )

@@ -9,7 +9,7 @@ Format (``LABEL_FORMAT`` = ``saffron-token-rewards/1``), a folder:
 * ``meta.json`` — ``format``, ``guard``, ``policy``, ``policy_vocab_hash`` (sha256 of the sorted
   (token, id) pairs, :func:`saffron.lm.vocab.vocab_hash`), ``vocab_size``, ``corpus`` (path),
   ``corpus_sha256``, ``count`` (items), ``shard_size``, ``max_prompt_tokens``, ``shards``,
-  ``complete``; rewritten atomically.
+  ``dtype`` (the guard's), ``complete``; rewritten atomically.
 * ``shard-00000.safetensors`` … — items ``[k·shard_size, (k+1)·shard_size)`` of the corpus, in
   corpus order. Tensors: ``prompt_tokens`` int32 (flat), ``prompt_offsets`` int64 (n+1),
   ``response_tokens`` int32 (flat), ``response_offsets`` int64 (n+1), ``rewards`` float32
@@ -20,14 +20,21 @@ Format (``LABEL_FORMAT`` = ``saffron-token-rewards/1``), a folder:
 Token ids are the POLICY's. Each shard is written to a temporary file and renamed, so a shard
 exists whole or not at all; a rerun keeps every valid shard and computes only the missing ones.
 A corrupt shard is reported by name and left alone.
+
+Shards are labelled in this process, or on Ray workers (``saffron label --ray``,
+:func:`cluster_labeller`) that each hold a copy of the guard and return a shard's items; this
+process writes every file either way. Labels do not depend on where a shard ran: the guard's
+cache is cleared after every batch.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +43,14 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from saffron.cluster import ClusterConfig, Workers
 from saffron.errors import SaffronError
 from saffron.files import read_format, sha256_file, write_json, write_with
 from saffron.lm.batching import batches
 from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
 from saffron.lm.vocab import vocab_hash
 from saffron.reward.base import Guard
+from saffron.runtime import CPU, RuntimeConfig
 from saffron.train.corpus import CorpusItem, read_corpus
 from saffron.types import TokenSequence
 
@@ -179,7 +188,11 @@ _IDENTITY = (
     "count",
     "shard_size",
     "max_prompt_tokens",
+    "dtype",
 )
+_IDENTITY_DEFAULTS = {"dtype": "float32"}  # labels made before the key existed
+# labels the given parts; yields (index into the parts, that part's items) in any order
+PartLabeller = Callable[[list[list[CorpusItem]]], Iterator[tuple[int, list[LabelledItem]]]]
 
 
 def label_items(
@@ -206,7 +219,7 @@ def label_items(
 
 
 def label_corpus(
-    guard: Guard,
+    guard: Guard | None,
     policy_tokenizer: PreTrainedTokenizerBase,
     corpus_path: Path,
     out_dir: Path,
@@ -215,14 +228,18 @@ def label_corpus(
     guard_name: str,
     policy_name: str,
     guard_weights: str | None = None,
+    dtype: str = "float32",
+    label_parts: PartLabeller | None = None,
 ) -> dict[str, object]:
     """Label (or finish labelling) ``corpus_path`` into ``out_dir``; return the metadata.
 
     ``guard_weights`` is a fingerprint of the guard's weights
     (:func:`saffron.reward.loading.fingerprint`), so a guard retrained under the same name
-    does not resume labels made by the old one. Refuses an empty corpus, an ``out_dir`` built
-    from another corpus/guard/weights/tokenizer/config, and a corrupt shard — each before
-    writing anything.
+    does not resume labels made by the old one; nor does a guard run in another ``dtype``.
+    ``label_parts`` labels the missing shards elsewhere (:func:`cluster_labeller`; ``guard``
+    may then be None), else ``guard`` labels them here. Refuses an empty corpus, an
+    ``out_dir`` built from another corpus/guard/weights/tokenizer/config, and a corrupt shard —
+    each before writing anything.
     """
     if not corpus_path.is_file():
         raise SaffronError(f"corpus file {corpus_path} does not exist")
@@ -230,18 +247,21 @@ def label_corpus(
     if not items:
         raise SaffronError(f"corpus file {corpus_path} is empty; nothing to label")
     names = {"guard": guard_name, "guard_weights": guard_weights, "policy": policy_name}
-    meta = _meta(names, policy_tokenizer, corpus_path, len(items), cfg)
+    meta = _meta(names, policy_tokenizer, corpus_path, len(items), cfg) | {"dtype": dtype}
     done = _resumable(out_dir, meta, items, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / META, meta)
-    encode = lambda t: policy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
     todo = [k for k in range(int(str(meta["shards"]))) if k not in set(done)]
+    parts = [items[k * cfg.shard_size : (k + 1) * cfg.shard_size] for k in todo]
+    if label_parts is None:
+        if guard is None:
+            raise ValueError("label_corpus needs a guard or label_parts")
+        label_parts = partial(_label_here, guard, _encoder(policy_tokenizer), cfg)
     t0 = time.perf_counter()
     with tqdm(total=len(items), initial=len(items) - _count(todo, cfg, items), desc="label") as bar:
-        for k in todo:
-            part = items[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-            write_shard(shard_path(out_dir, k), label_items(guard, part, encode, cfg))
-            bar.update(len(part))
+        for i, labelled in label_parts(parts):
+            write_shard(shard_path(out_dir, todo[i]), labelled)
+            bar.update(len(parts[i]))
     meta.update(complete=True, label_seconds=round(time.perf_counter() - t0, 1))
     write_json(out_dir / META, meta)
     return meta
@@ -281,7 +301,7 @@ def _resumable(
     match the corpus (before anything is written)."""
     if (out_dir / META).is_file():
         old = read_meta(out_dir)
-        diff = [k for k in _IDENTITY if old.get(k) != meta[k]]
+        diff = [k for k in _IDENTITY if old.get(k, _IDENTITY_DEFAULTS.get(k)) != meta[k]]
         if diff:
             raise SaffronError(
                 f"{out_dir} holds labels made with a different {', '.join(diff)}; "
@@ -316,3 +336,62 @@ def read_labels(folder: Path) -> tuple[dict[str, object], list[LabelledItem]]:
             f"the labels in {folder} hold {len(items)} items, meta says {meta['count']}"
         )
     return meta, items
+
+
+# --- where shards are labelled ----------------------------------------------------------------
+
+
+def _encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[int]]:
+    return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _label_here(
+    guard: Guard,
+    encode: Callable[[str], list[int]],
+    cfg: LabelConfig,
+    parts: list[list[CorpusItem]],
+) -> Iterator[tuple[int, list[LabelledItem]]]:
+    for i, part in enumerate(parts):
+        yield i, label_items(guard, part, encode, cfg)
+
+
+def policy_guard(guard: str, policy: str, runtime: RuntimeConfig = CPU) -> Guard:
+    """The guard ``guard`` reading the token ids of ``policy``'s tokenizer, loaded with
+    ``runtime``: what each Ray worker of ``saffron label --ray`` builds."""
+    from saffron.reward.loading import load_guard
+
+    return load_guard(guard, load_tokenizer(policy), runtime=runtime)
+
+
+class LabelWorker:
+    """One process's guard (``make_guard()``, after ``runtime`` is applied) and the policy
+    tokenizer that encodes the corpus prompts."""
+
+    def __init__(
+        self,
+        make_guard: Callable[[], Guard],
+        policy: str,
+        cfg: LabelConfig,
+        runtime: RuntimeConfig = CPU,
+    ) -> None:
+        runtime.apply()
+        self.guard, self.cfg = make_guard(), cfg
+        self.encode = _encoder(load_tokenizer(policy))
+
+    def label(self, part: list[CorpusItem]) -> list[LabelledItem]:
+        return label_items(self.guard, part, self.encode, self.cfg)
+
+
+@contextmanager
+def cluster_labeller(
+    cluster: ClusterConfig,
+    make_guard: Callable[[], Guard],
+    policy: str,
+    cfg: LabelConfig,
+    runtime: RuntimeConfig = CPU,
+) -> Iterator[PartLabeller]:
+    """A :data:`PartLabeller` on ``cluster.workers`` Ray workers, each a :class:`LabelWorker`
+    (``make_guard`` picklable, e.g. ``functools.partial(policy_guard, …)``); the workers start
+    on entry and stop on exit."""
+    with Workers(cluster, partial(LabelWorker, make_guard, policy, cfg, runtime)) as workers:
+        yield lambda parts: workers.map("label", [(p,) for p in parts])
