@@ -35,15 +35,21 @@ CLUSTER = ClusterConfig("local", workers=2, cpus=1)
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    """One local Ray instance for the module; its workers import this folder's helpers."""
+    """One local Ray instance for the module; its workers import this folder's helpers.
+
+    The local runs compared with Ray's use one torch thread, as each 1-CPU worker does: float
+    sums split over another number of threads round differently, and sampling then diverges."""
     old = os.environ.get("PYTHONPATH")
     paths = [str(HERE), str(TRAIN), *([old] if old else [])]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)  # the workers inherit it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         assert connect(CLUSTER)  # started here
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         yield
     finally:
+        torch.set_num_threads(threads)
         ray.shutdown()
         if old is None:
             os.environ.pop("PYTHONPATH", None)
