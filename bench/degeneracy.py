@@ -21,6 +21,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from gold_judges import confusion
+
 from saffron.data.gold import GoldItem, load_gold
 from saffron.reward.degeneracy import (
     FLUENCY_FEATURES,
@@ -32,16 +34,7 @@ from saffron.reward.degeneracy import (
     fit,
     reference_scorer,
 )
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """Area under the ROC curve (ties count one half)."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+from saffron.train.judge_data import auroc
 
 
 def rows_of(items: list[GoldItem], features: tuple[str, ...], scorer: Scorer | None) -> list:
@@ -58,10 +51,7 @@ def report(name: str, judge: DegeneracyJudge, items: list[GoldItem], rows: list)
     probs = judge.probabilities(rows)
     truth = [i.degenerate for i in items]
     called = [p >= judge.threshold for p in probs]
-    tp = sum(c and t for c, t in zip(called, truth, strict=True))
-    fp = sum(c and not t for c, t in zip(called, truth, strict=True))
-    fn = sum(t and not c for c, t in zip(called, truth, strict=True))
-    tn = len(items) - tp - fp - fn
+    tp, fn, fp, tn = confusion(called, truth)
     print(
         f"| {name} | {len(items)} | {sum(truth)} | {auroc(probs, truth):.3f} | "
         f"{(tp + tn) / len(items):.3f} | {tp} | {fn} | {fp} | {tn} |"

@@ -25,12 +25,11 @@ import argparse
 import random
 from typing import Any
 
-from degeneracy import auroc
-
 from saffron.data import load_scorer_rows
 from saffron.data.gold import LABELS, load_gold
 from saffron.eval.judges import Answer, judge_answers, load_scorers, parse_judges
 from saffron.train.guard_train import human_heldout
+from saffron.train.judge_data import auroc
 
 
 def confusion(called: list[bool], truth: list[bool]) -> tuple[int, int, int, int]:

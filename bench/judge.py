@@ -32,15 +32,8 @@ from saffron.train.guard_train import (
     human_heldout,
     rule_unsafe,
 )
+from saffron.train.judge_data import auroc
 from saffron.types import TokenSequence
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """Probability that a random positive outscores a random negative (ties count half)."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def confusion(pred: list[bool], labels: list[bool]) -> tuple[int, int, int, int]:
