@@ -42,7 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
     _add_attack_answers(sub)
     demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
-    demo.add_argument("--out", default="out/demo", help="output directory")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: out/demo/<key>, one folder per demo config and "
+        "model weights, so a changed adapter starts a fresh run instead of clashing)",
+    )
     add_runtime(demo)
 
 
@@ -233,8 +238,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_out() -> Path:
+    """``out/demo/<key>``: the key hashes the demo's config and its models' weights, so a rerun
+    resumes its own run and a retrained adapter gets a fresh folder."""
+    import hashlib
+    import json
+
+    from saffron.eval.run import weights_of
+
+    blob = json.dumps({**DEMO.to_dict(), "weights": weights_of(DEMO)}, sort_keys=True)
+    return Path("out/demo") / hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out) if args.out else demo_out()
     runtime(args)  # a device this machine lacks: one line before anything is printed
     t0 = time.perf_counter()
     print(
