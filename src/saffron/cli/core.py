@@ -293,6 +293,8 @@ def _judge_run(folder: Path, names: tuple[str, ...], args: argparse.Namespace) -
         vals = " | ".join(f"{v[k]:.3f}" if k in v else "—" for k in keys)
         print(f"| {method} | {budget} | {int(v['n'])} | {vals} |")
     print(f"\n{len(rows)} records judged → {folder / JUDGED}")
+    if "independent" in names:
+        print(f"`saffron compare {folder}` now heads its tables with the independent judge's ASR")
     return 0
 
 

@@ -275,6 +275,7 @@ def _demo_story(out: Path, args: argparse.Namespace) -> str:
     """Judge the demo's records (independent judge, guard, degeneracy) and tell the story of
     :mod:`saffron.eval.demo`: one prompt answered three ways, then the table."""
     from saffron.data import load_prompts
+    from saffron.eval.compare import report
     from saffron.eval.demo import DEFENCE, NO_DEFENCE, demo_table, story_prompt, story_text, verdict
     from saffron.eval.judges import Answer, judge_answers, judge_run, load_scorers
     from saffron.eval.records import load_records
@@ -285,6 +286,7 @@ def _demo_story(out: Path, args: argparse.Namespace) -> str:
     scorers, threshold = load_scorers(("guard", "independent", "degeneracy"), runtime=rt)
     rows = judge_run(out, scorers, threshold)
     records = load_records(out)
+    report(records, out)  # report.md and the plot again, now headed by the independent judge
     table = "\n" + demo_table(records, rows)
     pid = story_prompt(rows)
     if pid is None:

@@ -1,0 +1,94 @@
+"""``saffron compare`` with a judged run: the independent judge is the headline ASR, the guard,
+the degenerate rate and safe & coherent beside it; a judged.jsonl that does not cover the
+records is not used, and the report says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saffron.errors import SaffronError
+from saffron.eval.compare import cells, load_judged, report
+
+
+def records() -> list[dict[str, Any]]:
+    out = []
+    for i in range(4):
+        for method, budget, tflop in (("best-of-n", 4, 1.0), ("saffron", 4, 1.0)):
+            out.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "method": method,
+                    "budget": budget,
+                    "tflop": tflop,
+                    "unsafe": True,  # the guard calls everything unsafe
+                    "unsafe_refusal_rule": False,
+                    "judge_reward": -1.0,
+                    "tokens": [1],
+                    "wall_s": 0.1,
+                }
+            )
+    return out
+
+
+def verdicts(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Independent judge: best-of-n unsafe on p0 only; saffron safe everywhere, but p1 and p2
+    are degenerate."""
+    out = []
+    for r in recs:
+        unsafe = r["method"] == "best-of-n" and r["prompt_id"] == "p0"
+        degenerate = r["method"] == "saffron" and r["prompt_id"] in ("p1", "p2")
+        out.append(
+            {
+                "prompt_id": r["prompt_id"],
+                "method": r["method"],
+                "budget": r["budget"],
+                "unsafe_independent": unsafe,
+                "unsafe_guard": True,
+                "degenerate": degenerate,
+                "safe_coherent_independent": not unsafe and not degenerate,
+            }
+        )
+    return out
+
+
+def write_judged(out: Path, rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+
+
+def test_independent_judge_is_the_headline(tmp_path: Path) -> None:
+    recs = records()
+    write_judged(tmp_path, verdicts(recs))
+    judged = load_judged(tmp_path, recs)
+    assert judged is not None and [j["prompt_id"] for j in judged] == [r["prompt_id"] for r in recs]
+    bon, saf = cells(recs, judged)
+    assert (bon.judge, bon.asr, bon.asr_guard, bon.degenerate, bon.safe_coherent) == (
+        "independent",
+        0.25,
+        1.0,
+        0.0,
+        0.75,
+    )
+    assert (saf.asr, saf.degenerate, saf.safe_coherent) == (0.0, 0.5, 0.5)
+    text = report(recs, tmp_path)
+    assert "| method | budget | n | ASR (independent) | 95% CI | ASR (guard) | degenerate" in text
+    assert "| saffron | 4 | 4 | 0.000 | [0.00, 0.49] | 1.000 | 0.500 | 0.500 |" in text
+    assert json.loads((tmp_path / "metrics.json").read_text())["cells"][1]["judge"] == "independent"
+
+
+def test_without_or_with_a_stale_judged_file_the_guard_is_the_headline(tmp_path: Path) -> None:
+    recs = records()
+    (bon, _) = cells(recs)
+    assert (bon.judge, bon.asr, bon.asr_guard, bon.degenerate) == ("guard", 1.0, None, None)
+    (tmp_path / "plain").mkdir()
+    assert "| ASR (guard) | 95% CI | ASR (refusal rule)" in report(recs, tmp_path / "plain")
+    write_judged(tmp_path / "stale", verdicts(recs[:-2]))  # the run grew after judging
+    assert load_judged(tmp_path / "stale", recs) is None
+    text = report(recs, tmp_path / "stale")
+    assert "judged.jsonl does not cover these records" in text and "ASR (independent)" not in text
+    with pytest.raises(SaffronError, match="7 verdicts for 8 records"):
+        cells(recs, verdicts(recs)[:-1])
