@@ -169,16 +169,25 @@ class Backend(ABC):
         out_features = d_out if d_out is not None else int(getattr(head, "out_features"))  # noqa: B009
         with torch.inference_mode():
             out = head(hidden)
-        self.compute.flops += FlopModel.head(rows, self.d_model, out_features)
+        self.count_head(rows, out_features)
+        return out
+
+    def count_head(self, rows: int, d_out: int, payer: Ledger | None = None) -> None:
+        """Count a head of ``d_out`` outputs over ``rows`` hidden states (its FLOPs) in
+        ``compute`` and charge it to ``payer``, or, inside :meth:`charged_to`, row i to
+        ``payers[i]``. A head read entry by entry (one weight row per entry) has ``d_out`` 1
+        per entry read."""
+        self.compute.flops += FlopModel.head(rows, self.d_model, d_out)
+        if payer is not None:
+            payer.charge_head(rows, d_out)
         if self._payers is not None:
             if rows != len(self._payers):
                 raise SaffronError(f"a shared head over {rows} rows has {len(self._payers)} payers")
             count: dict[int, int] = {}
-            for payer in self._payers:
-                count[id(payer)] = count.get(id(payer), 0) + 1
-            for payer in {id(p): p for p in self._payers}.values():
-                payer.charge_head(count[id(payer)], out_features)
-        return out
+            for p in self._payers:
+                count[id(p)] = count.get(id(p), 0) + 1
+            for p in {id(p): p for p in self._payers}.values():
+                p.charge_head(count[id(p)], d_out)
 
     # --- shared machinery -------------------------------------------------------------------
 

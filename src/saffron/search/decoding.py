@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from saffron.lm.policy import Policy
+from saffron.reward.base import NO_REWARDS
 from saffron.search.base import Ask, Reply, SearchConfig
 from saffron.types import TokenSequence
 
@@ -124,7 +125,7 @@ def decode_batch(
         ask = next(steps)
         while True:
             logits = policy.next_logits(ask.logits).float().cpu()
-            ask = steps.send(Reply(logits, torch.zeros(0), torch.zeros(0)))
+            ask = steps.send(Reply(logits, NO_REWARDS, torch.zeros(0)))
     except StopIteration as stop:
         return list(stop.value)
 

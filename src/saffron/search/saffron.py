@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from saffron.lm.policy import Policy
+from saffron.reward.base import RewardRows
 from saffron.search.base import Ask, Outcome, SearchConfig, Steps, World, register
 from saffron.search.common import (
     Node,
@@ -91,14 +92,14 @@ def expand(policy: Policy, live: Sequence[Node], logits: Tensor, cfg: SearchConf
     return Children(parent, token, logprobs[parent, token], reward)
 
 
-def score(policy: Policy, rewards: Tensor, ch: Children) -> Children:
+def score(rewards: RewardRows, ch: Children) -> Children:
     """Every child's reward read off the MRM's vectors (U, V) of the live beams: one MRM call
-    per live beam (paper Eq. 3; unseen tokens −∞ under the conservative mask, Eq. 7)."""
-    expected = (int(ch.parent.max()) + 1 if ch.parent.numel() else 0, policy.vocab_size)
-    assert rewards.shape[1] == expected[1] and rewards.shape[0] >= expected[0], (
-        f"MRM returned {tuple(rewards.shape)}, not (U, {policy.vocab_size})"
+    per live beam (paper Eq. 3; unseen tokens −∞ under the conservative mask, Eq. 7). Only
+    the children's entries are read (and, for an MRM with a linear head, computed)."""
+    assert ch.parent.numel() == 0 or int(ch.parent.max()) < len(rewards), (
+        f"MRM returned {len(rewards)} rows for children of {int(ch.parent.max()) + 1} beams"
     )
-    return Children(ch.parent, ch.token, ch.logp, rewards[ch.parent, ch.token])
+    return Children(ch.parent, ch.token, ch.logp, rewards.at(ch.parent, ch.token))
 
 
 def _ranked(ch: Children, live: Sequence[Node], weight: float) -> Tensor:
@@ -182,7 +183,7 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     while live := [b for b in pool if not b.finished]:
         seqs = tuple(b.seq for b in live)
         reply = yield Ask(logits=seqs, mrm=seqs, conservative=conservative)
-        children = score(policy, reply.mrm, expand(policy, live, reply.logits, cfg))
+        children = score(reply.mrm, expand(policy, live, reply.logits, cfg))
         pool, fell_back = select(policy, cfg, pool, live, children)
         trace.append(len(live))
         fallback_steps += fell_back
