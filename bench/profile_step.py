@@ -33,6 +33,7 @@ from speed import ceiling, clear, embedded_world, prompts, tiny_world
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import saffron.lm.backend as backend_mod
+import saffron.reward.mrm as mrm_mod
 import saffron.search.saffron as saffron_mod
 from saffron.lm.ledger import Ledger
 from saffron.search import SearchConfig, World
@@ -72,7 +73,9 @@ def labelled(world: World) -> Iterator[None]:
 
     patch(world.policy, "next_logits", "call", role="policy")
     assert world.mrm is not None
-    patch(world.mrm, "rewards", "call (mask, casts)", role="mrm")
+    for name in ("rewards", "reward_rows"):  # the whole vectors, or entries read as needed
+        if hasattr(world.mrm, name):
+            patch(world.mrm, name, "call (mask, casts)", role="mrm")
     for b in world.backends().values():
         patch(b, "_validate", "validate + charge")
         patch(b, "_forward", "forward: inputs, mask")
@@ -86,6 +89,8 @@ def labelled(world: World) -> Iterator[None]:
     patch(Ledger, "charge", "ledger (per-search replay)")
     for name in ("expand", "score", "select", "top_p_mask", "forbid_stop"):
         patch(saffron_mod, name, name)
+    if hasattr(backend_mod.Backend, "count_head"):  # entries of the MRM's head read by score
+        patch(mrm_mod.HeadRewards, "at", "head entries", role="mrm")
     try:
         with _roled("search"):
             yield

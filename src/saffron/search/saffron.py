@@ -52,9 +52,8 @@ from saffron.search.common import (
     bool_option,
     rank_key,
     require_mrm,
-    within_floor,
 )
-from saffron.search.decoding import forbid_stop, is_finished, top_p_mask
+from saffron.search.decoding import forbid_stop_, is_finished, nucleus
 from saffron.types import TokenSequence
 
 
@@ -80,16 +79,19 @@ def expand(policy: Policy, live: Sequence[Node], logits: Tensor, cfg: SearchConf
 
     One batched top-p over all beams; a stop token forbidden before min_new_tokens (−∞) is
     no child, nor, with ``cfg.logp_floor`` = δ, a token more than δ nats below its beam's most
-    probable one. Children are listed beam by beam, token ids ascending.
+    probable one. Children are listed beam by beam, token ids ascending. The nucleus comes
+    as index pairs (:func:`nucleus`): no (U, V) mask is built or scanned.
     """
-    scaled = forbid_stop(logits, [b.seq for b in live], policy, cfg) / cfg.temperature  # (U, V)
+    scaled = forbid_stop_(logits / cfg.temperature, [b.seq for b in live], policy, cfg)  # (U, V)
     logprobs = torch.log_softmax(scaled, dim=-1)
-    keep = top_p_mask(scaled, cfg.top_p) & torch.isfinite(scaled)
+    parent, token = nucleus(scaled, cfg.top_p)
+    logp = logprobs[parent, token]
     if cfg.logp_floor is not None:
-        keep &= within_floor(logprobs, cfg.logp_floor)
-    parent, token = torch.nonzero(keep, as_tuple=True)
+        top = logprobs.max(dim=-1).values  # (U,)
+        near = logp >= top[parent] - cfg.logp_floor  # within_floor at the children
+        parent, token, logp = parent[near], token[near], logp[near]
     reward = torch.full(parent.shape, float("-inf"))
-    return Children(parent, token, logprobs[parent, token], reward)
+    return Children(parent, token, logp, reward)
 
 
 def score(rewards: RewardRows, ch: Children) -> Children:
