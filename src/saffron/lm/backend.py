@@ -85,6 +85,7 @@ class Backend(ABC):
         p = next(self.model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self._payers: list[Ledger] | None = None
+        self._scratch: Tensor | None = None  # reused gather buffer (see :meth:`_gather_buffer`)
 
     @property
     def name(self) -> str:
@@ -194,7 +195,7 @@ class Backend(ABC):
     def _validate(self, seqs: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
         out = []
         for s in seqs:
-            t = tuple(int(x) for x in s)
+            t = tuple(map(int, s))  # a C loop: this runs over every row's every token
             if not t:
                 raise SaffronError("a token sequence is empty; nothing to compute")
             if len(t) > self.max_context:
@@ -263,9 +264,11 @@ class Backend(ABC):
         bsz, width = slots.shape
         if pool is not None and past:
             rows = pool.flat_index(slots).reshape(-1)  # (B·kv·T,)
-            keys = pool.flat_keys().index_select(1, rows)  # (n_layers, B·kv·T, hd)
-            values = pool.flat_values().index_select(1, rows)
             nl, kvh, hd = pool.n_layers, pool.n_kv_heads, pool.head_dim
+            keys, values = self._gather_buffer(nl * rows.numel() * hd, pool.keys.dtype)
+            keys, values = keys.view(nl, -1, hd), values.view(nl, -1, hd)
+            torch.index_select(pool.flat_keys(), 1, rows, out=keys)  # (n_layers, B·kv·T, hd)
+            torch.index_select(pool.flat_values(), 1, rows, out=values)
         else:
             cfg = self.model.config
             nl = int(cfg.num_hidden_layers)
@@ -275,6 +278,34 @@ class Backend(ABC):
             values = torch.zeros_like(keys)
         keys, values = keys.view(nl, bsz, kvh, width, hd), values.view(nl, bsz, kvh, width, hd)
         return [_BufferLayer(keys[i], values[i], past) for i in range(nl)]
+
+    def _gather_buffer(self, numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Two flat buffers of ``numel`` elements (keys, values) for one forward's gathered
+        past, views of one scratch tensor that every forward reuses.
+
+        Why: a fresh allocation of this size (up to ~1.4 GB per forward with 16 searches in
+        flight) is new pages from the OS, faulted in on first write and unmapped on free; in
+        the profile (BENCHMARKS.md, "Where a step's time goes") that cost as much as the copy.
+        The scratch grows by powers of two, never past the positions a forward may pad
+        (``max_batch_tokens``), so it stays within the transient half of the KV budget;
+        :meth:`clear` frees it. Contents are garbage until written: the gather overwrites
+        every element, the model writes the new positions.
+        """
+        cap = 2 * numel
+        if self._scratch is None or self._scratch.numel() < cap or self._scratch.dtype != dtype:
+            size = 1 << (cap - 1).bit_length()
+            limit = 2 * self._scratch_limit()
+            self._scratch = None  # free the old one before allocating the new
+            self._scratch = torch.empty(max(cap, min(size, limit)), dtype=dtype, device=self.device)
+        return self._scratch[:numel], self._scratch[numel:cap]
+
+    def _scratch_limit(self) -> int:
+        """Elements of keys (or values) for ``max_batch_tokens`` padded positions."""
+        cfg = self.model.config
+        nl = int(cfg.num_hidden_layers)
+        kvh = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        hd = int(getattr(cfg, "head_dim", None) or self.d_model // cfg.num_attention_heads)
+        return self.max_batch_tokens * nl * kvh * hd
 
     def _count(self, computed: list[tuple[int, int]], reused: int, n_seqs: int) -> None:
         """Record one call: ``computed`` lists (past, new) token counts per segment."""
@@ -379,6 +410,7 @@ class TrieBackend(Backend):
         return out
 
     def clear(self) -> None:
+        self._scratch = None
         self.trie.clear()
         self.pool.reset()
 
@@ -514,6 +546,8 @@ class TrieBackend(Backend):
         gathered = (
             2 * len(buffers) * buffers[0].buf_keys.numel() * buffers[0].buf_keys.element_size()
         )
+        if self._scratch is not None:  # the reused gather buffer, held between forwards
+            gathered = max(gathered, self._scratch.numel() * self._scratch.element_size())
         transient = gathered + hidden.numel() * hidden.element_size()
         self.peak_bytes = max(self.peak_bytes, pool.bytes_allocated + transient)
         pm = max(len(seg.past) for seg in chunk)
