@@ -87,8 +87,17 @@ def labelled(world: World) -> Iterator[None]:
             patch(b, "_ensure", "trie: slots, segments")
     patch(backend_mod, "plan_call", "trie: plan")
     patch(Ledger, "charge", "ledger (per-search replay)")
-    for name in ("expand", "score", "select", "top_p_mask", "forbid_stop"):
-        patch(saffron_mod, name, name)
+    for name in (
+        "expand",
+        "score",
+        "select",
+        "top_p_mask",
+        "nucleus",
+        "forbid_stop",
+        "forbid_stop_",
+    ):
+        if hasattr(saffron_mod, name):  # the helpers this version of the search calls
+            patch(saffron_mod, name, name)
     if hasattr(backend_mod.Backend, "count_head"):  # entries of the MRM's head read by score
         patch(mrm_mod.HeadRewards, "at", "head entries", role="mrm")
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +33,15 @@ from saffron.lm.flops import FlopModel
 from saffron.lm.kvpool import KVPool
 from saffron.lm.ledger import Ledger
 from saffron.lm.models import LoadedModel
+from saffron.lm.stem import Stem, StemPlan, plan_stems, stem_attention_on, stem_index
 from saffron.lm.trie import PENDING, Trie, TrieNode, plan_call
 from saffron.types import ModelCompute
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes
 DEFAULT_BATCH_TOKENS = 16384  # padded positions (past + new) per forward: bounds gathered KV
+# shared stems pay when they save this many bytes of gathered keys and values per forward
+# (BENCHMARKS.md, "Where a step's time goes": about the copy a 16-beam search's prompt costs)
+STEM_MIN_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Backend(ABC):
         self.device, self.dtype = p.device, p.dtype
         self._payers: list[Ledger] | None = None
         self._scratch: Tensor | None = None  # reused gather buffer (see :meth:`_gather_buffer`)
+        self.stem_min_bytes = STEM_MIN_BYTES  # see :meth:`_stem_plan`; 0 forces shared stems
 
     @property
     def name(self) -> str:
@@ -226,16 +231,41 @@ class Backend(ABC):
         see the sequence's valid keys (their outputs are discarded) so no row is fully masked.
         """
         dev = self.device
-        bsz = len(segments)
-        pm = max(len(s.past) for s in segments)
+        plan = self._stem_plan(segments, pool)
+        cut = plan.cut if plan is not None else [0] * len(segments)
+        pasts = [s.past[c:] for s, c in zip(segments, cut, strict=True)]  # each row's own part
+        pm = max(len(p) for p in pasts)
         lm = max(len(s.tokens) for s in segments)
         # one tensor from Python lists per input (no per-row tensor construction)
         ids = torch.tensor([s.tokens + [0] * (lm - len(s.tokens)) for s in segments], device=dev)
-        slots = [[0] * (pm - len(s.past)) + s.past + [0] * lm for s in segments]  # (B, Pm + Lm)
-        lens = torch.tensor([[len(s.past), len(s.tokens)] for s in segments], device=dev)
-        p_len, n_len = lens[:, 0], lens[:, 1]
+        slots = [[0] * (pm - len(p)) + p + [0] * lm for p in pasts]  # (B, Pm + Lm)
+        lens = torch.tensor(
+            [[len(p), len(s.tokens), c] for p, s, c in zip(pasts, segments, cut, strict=True)],
+            device=dev,
+        )
+        position_ids = (lens[:, 0] + lens[:, 2])[:, None] + torch.arange(lm, device=dev)[None, :]
+        attn_mask = self._mask(lens[:, 0], lens[:, 1], pm, lm)
+        with torch.inference_mode():
+            buffers = self._buffers(pool, torch.tensor(slots, device=dev), pm)
+            extra = {} if plan is None or pool is None else {"stem": _stem(plan, segments, pool)}
+            with nullcontext() if plan is None else stem_attention_on(self.model):
+                out = self.decoder(
+                    input_ids=ids,
+                    attention_mask=attn_mask,
+                    position_ids=position_ids,
+                    cache=Cache(layers=list(buffers)),
+                    use_cache=True,
+                    **extra,
+                )
+        self.compute.forwards += 1
+        return out.last_hidden_state, buffers
+
+    def _mask(self, p_len: Tensor, n_len: Tensor, pm: int, lm: int) -> Tensor:
+        """The (B, 1, Lm, Pm + Lm) mask of :meth:`_forward` for buffer pasts of ``p_len`` and
+        ``n_len`` new tokens per row (additive for attention other than SDPA)."""
+        dev = self.device
+        bsz = int(p_len.shape[0])
         ar_new = torch.arange(lm, device=dev)
-        position_ids = p_len[:, None] + ar_new[None, :]  # (B, Lm)
         past_valid = torch.arange(pm, device=dev)[None, :] >= (pm - p_len)[:, None]  # (B, Pm)
         new_valid = ar_new[None, :] < n_len[:, None]  # (B, Lm)
         causal = ar_new[None, :] <= ar_new[:, None]  # (Lm q, Lm k)
@@ -247,17 +277,18 @@ class Backend(ABC):
             attn_mask = torch.zeros(attn_mask.shape, dtype=self.dtype, device=dev).masked_fill(
                 ~attn_mask, torch.finfo(self.dtype).min
             )
-        with torch.inference_mode():
-            buffers = self._buffers(pool, torch.tensor(slots, device=dev), pm)
-            out = self.decoder(
-                input_ids=ids,
-                attention_mask=attn_mask,
-                position_ids=position_ids,
-                cache=Cache(layers=list(buffers)),
-                use_cache=True,
-            )
-        self.compute.forwards += 1
-        return out.last_hidden_state, buffers
+        return attn_mask
+
+    def _stem_plan(self, segments: list[_Segment], pool: KVPool | None) -> StemPlan | None:
+        """Shared stems for this forward (:mod:`saffron.lm.stem`), or None: no pool, attention
+        other than SDPA, or fewer than ``stem_min_bytes`` of keys and values saved (below
+        that, the stem path's extra small operations cost more than the copy they save)."""
+        if pool is None or getattr(self.model.config, "_attn_implementation", None) != "sdpa":
+            return None
+        plan = plan_stems([s.past for s in segments])
+        per_position = 2 * pool.n_layers * pool.n_kv_heads * pool.head_dim
+        saved = plan.saved * per_position * pool.keys.element_size()
+        return plan if plan.saved and saved >= self.stem_min_bytes else None
 
     def _buffers(self, pool: KVPool | None, slots: Tensor, past: int) -> list[_BufferLayer]:
         """One :class:`_BufferLayer` per layer for slots (B, Pm + Lm): one gather per forward."""
@@ -550,7 +581,7 @@ class TrieBackend(Backend):
             gathered = max(gathered, self._scratch.numel() * self._scratch.element_size())
         transient = gathered + hidden.numel() * hidden.element_size()
         self.peak_bytes = max(self.peak_bytes, pool.bytes_allocated + transient)
-        pm = max(len(seg.past) for seg in chunk)
+        pm = buffers[0].past  # the buffer's past width (each row's own part when stems are shared)
         n_new = torch.tensor([len(seg.tokens) for seg in chunk], device=dev)
         valid = torch.arange(lm, device=dev)[None, :] < n_new[:, None]  # (B, Lm)
         sel = torch.nonzero(valid.reshape(-1)).squeeze(-1)  # row b·Lm + q, in segment order
@@ -594,6 +625,22 @@ class _BufferLayer(DynamicLayer):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.past + query_length, 0
+
+
+def _stem(plan: StemPlan, segments: list[_Segment], pool: KVPool) -> Stem:
+    """The stems of ``plan`` gathered from ``pool``: one copy per group, not per row."""
+    dev = pool.device
+    slots, valid, rows = stem_index(plan, [s.past for s in segments])
+    g, width = slots.shape
+    flat = pool.flat_index(slots.to(dev)).reshape(-1)  # (G·kv·S,)
+    shape = (pool.n_layers, g, pool.n_kv_heads, width, pool.head_dim)
+    keys = pool.flat_keys().index_select(1, flat).view(shape)  # (n_layers, G, kv, S, hd)
+    values = pool.flat_values().index_select(1, flat).view(shape)
+    place = [0] * len(segments)
+    for gi, members in enumerate(plan.groups):
+        for r, b in enumerate(members):
+            place[b] = gi * int(rows.shape[1]) + r
+    return Stem(keys, values, valid.to(dev), rows.to(dev), torch.tensor(place, device=dev))
 
 
 def seq_tokens(path: list[TrieNode], start: int) -> list[int]:
