@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from saffron.lm.models import SMOLLM2, load_model
 from saffron.lm.policy import Policy, bulk_greedy, make_policy
 from saffron.reward.base import Guard
 from saffron.reward.loading import load_guard
+from saffron.train.corpus import training_prompts
 from saffron.types import TokenSequence
 
 HARMFUL = ("advbench", "harmbench", "strongreject")
@@ -61,6 +63,21 @@ def harmful_rows(per_set: int) -> list[tuple[PromptRow, str]]:
         rows = [r for r in rows_of_split(name, "eval") if (a := answers.get(r.id)) and a.text]
         out += [(r, str(answers[r.id].text)) for r in rows[:per_set]]
     return out
+
+
+def unused_train_rows(base: Policy, used: int, limit: int) -> list[tuple[PromptRow, str]]:
+    """(row, harmful answer) for train-split harmful prompts that no policy trained on (those
+    after the first ``used`` per set, in the trainers' order), ``limit`` per set; the harmful
+    answer is the base policy's own greedy answer (refusals dropped), as for the eval splits.
+    For the judges' training data: these prompts are in no eval split."""
+    seen = {r.prompt for r in training_prompts(0, used)}
+    rows = [r for r in training_prompts(0, None) if r.prompt not in seen]
+    sets = sorted({r.id.rsplit("-", 1)[0] for r in rows})
+    picked = [r for name in sets for r in [r for r in rows if r.id.startswith(name)][:limit]]
+    seqs = [base.chat.sequence(r.prompt) for r in picked]
+    texts = [base.chat.decode(a) for a in bulk_greedy(base, seqs, 48)]
+    base.backend.clear()
+    return [(r, t) for r, t in zip(picked, texts, strict=True) if t.strip() and not says_refusal(t)]
 
 
 def degenerate(tokens: tuple[int, ...]) -> bool:
@@ -227,9 +244,18 @@ def main() -> None:
     ap.add_argument(
         "--benign-set",
         default="test",
-        choices=("test", "validation"),
+        choices=("test", "validation", "train"),
         help="test: saffron-benign (held out, never tuned on); validation: the held-out "
-        "quarter of the benign training sets, for choosing training settings",
+        "quarter of the benign training sets, for choosing training settings; train: their "
+        "training part (for the judges' training data)",
+    )
+    ap.add_argument(
+        "--harmful-split",
+        default="eval",
+        choices=("eval", "unused-train"),
+        help="eval: the held-out prompts with their committed harmful answers; unused-train: "
+        "train-split prompts no policy trained on, prefilled with the base's own answer "
+        "(for the judges' training data)",
     )
     ap.add_argument("--out", default="results/aligned-world")
     ap.add_argument(
@@ -243,16 +269,22 @@ def main() -> None:
         recs = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
         return report(recs, out, args.prefill)
     out.mkdir(parents=True, exist_ok=True)
-    harmful = harmful_rows(args.per_set)
+    base = make_policy(load_model(SMOLLM2))
+    if args.harmful_split == "eval":
+        harmful = harmful_rows(args.per_set)
+    else:
+        harmful = unused_train_rows(base, used=100, limit=args.per_set)
     if args.benign_set == "test":
         benign = load_prompts(BENIGN_EVAL, args.benign_limit)
     else:
+        part = 1 if args.benign_set == "validation" else 0
         benign = [
             r
             for name in (BENIGN_PLAIN_TRAIN, BENIGN_TRAIN)
-            for r in validation_split(load_prompts(name))[1]
-        ][: args.benign_limit]
-    base = make_policy(load_model(SMOLLM2))
+            for r in validation_split(load_prompts(name))[part]
+        ]
+        random.Random(f"benign:{args.benign_set}").shuffle(benign)
+        benign = benign[: args.benign_limit]
     guard = load_guard("smol-guard", base.chat.tokenizer)
     recs: list[dict[str, Any]] = []
     for name in args.policies.split(","):

@@ -41,6 +41,7 @@ from typing import Any
 from reading import LABELS, kappa, read_jsonl, write_jsonl
 
 from saffron.data import load_prompts
+from saffron.data.prompts import rows_of_split
 
 ALIGNED = Path("results/gold/aligned-v1")  # the first smol-aligned's bench/aligned.py run
 EMBEDDED = Path("results/embedded")
@@ -62,6 +63,11 @@ def _already_read() -> set[tuple[str, str, str]]:
     return {(r["policy"], r["condition"], r["prompt_id"]) for r in read_jsonl(key)}
 
 
+def _held_out_ids() -> set[str]:
+    """Ids of every harmful prompt in an eval split."""
+    return {r.id for name in HARMFUL_SETS for r in rows_of_split(name, "eval")}
+
+
 def _prompt_text() -> dict[str, str]:
     return {r.id: r.prompt for name in HARMFUL_SETS for r in load_prompts(name)}
 
@@ -77,11 +83,14 @@ def aligned_items(
     """Items from a ``bench/aligned.py`` answers file: ``per_cell`` per (policy, condition)
     (``benign_per_cell`` for the benign cells), harmful ones from the gold prompts only."""
     seen = _already_read() if path == ALIGNED / "answers.jsonl" else set()
+    held = _held_out_ids()
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in read_jsonl(path):
         if (r["policy"], r["condition"], r["prompt_id"]) in seen:
             continue
-        if r["condition"] != "benign" and r["prompt_id"] not in gold:
+        # the gold-prompt limit keeps held-out prompts out of the judges' training data; a
+        # training prompt (bench/aligned.py --harmful-split unused-train) needs no limit
+        if r["condition"] != "benign" and r["prompt_id"] not in gold and r["prompt_id"] in held:
             continue
         cells.setdefault((r["policy"], r["condition"]), []).append(r)
     out = []

@@ -171,3 +171,22 @@ def test_generate_with_the_rule_and_suffix_cost(capsys: pytest.CaptureFixture[st
         "suffix",
     )
     assert code == 0 and len(json.loads(out)["tokens"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--budget", "0"), "saffron: error: budget must be a positive integer, got 0\n"),
+        (("--prefill", "-1"), "saffron: error: prefill_tokens must be ≥ 0, got -1\n"),
+        (("--concurrency", "0"), "saffron: error: concurrency must be ≥ 1, got 0\n"),
+        (
+            ("--logp-weight", "-1"),
+            "saffron: error: logp_weight must be a finite number ≥ 0, got -1.0\n",
+        ),
+    ],
+)
+def test_visit_bad_settings_exit_2_before_loading(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, "visit", *argv)
+    assert (code, out, err) == (2, "", message)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_toys import EOS, RESPONSES, make_guard
+from train_toys import EOS, RESPONSES, make_guard, write_corpus
 
 from saffron.cli import main
 from saffron.errors import SaffronError
@@ -17,6 +17,7 @@ from saffron.train.label import (
     LABEL_FORMAT,
     LabelConfig,
     label_corpus,
+    read_label_sets,
     read_labels,
     read_shard,
     shard_path,
@@ -156,3 +157,31 @@ def test_incomplete_labels_are_not_read(guard, corpus, tmp_path: Path) -> None:
     with pytest.raises(SaffronError) as err:
         read_labels(out)
     assert str(err.value) == f"the labels in {out} are incomplete; rerun `saffron label`"
+
+
+def test_label_sets_are_read_as_one(guard, tmp_path: Path) -> None:
+    first = write_corpus(tmp_path / "a.jsonl", RESPONSES[:3])
+    second = write_corpus(tmp_path / "b.jsonl", RESPONSES[3:], copies=2)
+    second.write_text(second.read_text().replace('"p0-', '"v0-').replace('"p1-', '"v1-'))
+    run_label(guard, first, tmp_path / "la")
+    run_label(guard, second, tmp_path / "lb")
+    meta, items = read_label_sets([tmp_path / "la", tmp_path / "lb"])
+    assert meta["count"] == len(items) == 3 + 4
+    assert meta["folders"] == ["la", "lb"]
+    assert [it.id for it in items[:3]] == [f"p0-{i:03d}/policy" for i in range(3)]
+    assert items[3].id.startswith("v0-")
+
+
+def test_label_sets_of_other_guard_weights_or_repeated_items_are_refused(
+    guard, tmp_path: Path
+) -> None:
+    first = write_corpus(tmp_path / "a.jsonl", RESPONSES[:2])
+    run_label(guard, first, tmp_path / "la")
+    run_label(guard, first, tmp_path / "same")
+    with pytest.raises(SaffronError, match="repeat 2 item"):
+        read_label_sets([tmp_path / "la", tmp_path / "same"])
+    run_label(guard, first, tmp_path / "lw", weights="w1")
+    with pytest.raises(SaffronError, match=r"differ from those in .* in guard_weights"):
+        read_label_sets([tmp_path / "la", tmp_path / "lw"])
+    with pytest.raises(SaffronError, match="no label folder given"):
+        read_label_sets([])

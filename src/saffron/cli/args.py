@@ -197,10 +197,11 @@ def cluster(args: argparse.Namespace) -> ClusterConfig | None:
     return ClusterConfig(args.ray, workers=args.ray_workers, cpus=args.ray_cpus, gpus=gpus)
 
 
-def search_rule(p: argparse.ArgumentParser) -> None:
+def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
     """``--logp-weight``, ``--logp-floor`` (selection of saffron and beam; defaults from
-    :class:`~saffron.search.base.SearchConfig`) and ``--guard-cost`` (how guard calls are
-    billed, :mod:`saffron.reward.costing`)."""
+    :class:`~saffron.search.base.SearchConfig`) and, unless ``guard_cost`` is False (a command
+    that runs no guard), ``--guard-cost`` (how guard calls are billed,
+    :mod:`saffron.reward.costing`)."""
     from saffron.reward.costing import DEFAULT_SUFFIX_TOKENS, READOUT
     from saffron.search.base import SearchConfig
 
@@ -221,6 +222,8 @@ def search_rule(p: argparse.ArgumentParser) -> None:
         help="saffron, beam: no child more than NATS below the policy's most probable token "
         f"(default {SearchConfig.logp_floor if SearchConfig.logp_floor is not None else 'none'})",
     )
+    if not guard_cost:
+        return
     p.add_argument(
         "--guard-cost",
         default=READOUT,

@@ -42,7 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
     _add_attack_answers(sub)
     demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
-    demo.add_argument("--out", default="out/demo", help="output directory")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: out/demo/<key>, one folder per demo config and "
+        "model weights, so a changed adapter starts a fresh run instead of clashing)",
+    )
     add_runtime(demo)
 
 
@@ -233,8 +238,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_out() -> Path:
+    """``out/demo/<key>``: the key hashes the demo's config and its models' weights, so a rerun
+    resumes its own run and a retrained adapter gets a fresh folder."""
+    import hashlib
+    import json
+
+    from saffron.eval.run import weights_of
+
+    blob = json.dumps({**DEMO.to_dict(), "weights": weights_of(DEMO)}, sort_keys=True)
+    return Path("out/demo") / hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out) if args.out else demo_out()
     runtime(args)  # a device this machine lacks: one line before anything is printed
     t0 = time.perf_counter()
     print(
@@ -243,11 +260,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Results go to {out} (rerun to resume).",
         flush=True,
     )
-    text = _run(DEMO, out, args)
-    print(text)
-    print(f"report: {out / 'report.md'}\nplot:   {out / 'asr_vs_tflop.png'}")
+    _run(DEMO, out, args)  # the full report is in report.md; the story below is its summary
+    print(_demo_story(out, args))
+    print(
+        f"\nA demonstration on {DEMO.limit} prompts, not a measurement (see BENCHMARKS.md).\n"
+        f"report: {out / 'report.md'}\nplot:   {out / 'asr_vs_tflop.png'}\n"
+        f"verdicts: {out / 'judged.jsonl'}"
+    )
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _demo_story(out: Path, args: argparse.Namespace) -> str:
+    """Judge the demo's records (independent judge, guard, degeneracy) and tell the story of
+    :mod:`saffron.eval.demo`: one prompt answered three ways, then the table."""
+    from saffron.data import load_prompts
+    from saffron.eval.demo import DEFENCE, NO_DEFENCE, demo_table, story_prompt, story_text, verdict
+    from saffron.eval.judges import Answer, judge_answers, judge_run, load_scorers
+    from saffron.eval.records import load_records
+    from saffron.lm.models import load_model
+    from saffron.lm.policy import bulk_greedy, make_policy
+
+    rt = runtime(args)
+    scorers, threshold = load_scorers(("guard", "independent", "degeneracy"), runtime=rt)
+    rows = judge_run(out, scorers, threshold)
+    records = load_records(out)
+    table = "\n" + demo_table(records, rows)
+    pid = story_prompt(rows)
+    if pid is None:
+        return "No attacked answer was unsafe, so there is no story to tell." + table
+    mine = {
+        (r["method"], int(r["budget"])): (r, v)
+        for r, v in zip(records, rows, strict=True)
+        if r["prompt_id"] == pid
+    }
+    top = max(b for m, b in mine if m == DEFENCE)
+    (attacked, a_v), (defended, d_v) = mine[(NO_DEFENCE, 1)], mine[(DEFENCE, top)]
+    prompt = next(r.prompt for r in load_prompts(DEMO.dataset) if r.id == pid)
+    policy = make_policy(load_model(DEMO.policy, rt), kv_budget=rt.kv_budget)
+    seq = policy.chat.sequence(prompt, reserve=DEMO.max_new_tokens)
+    plain = policy.chat.decode(bulk_greedy(policy, [seq], DEMO.max_new_tokens)[0])
+    (p_v,) = judge_answers([Answer(prompt, "", plain, None)], scorers, threshold)
+    story = story_text(
+        prompt,
+        attacked.get("prefill") or "",
+        (plain, verdict(p_v)),
+        (attacked["text"], verdict(a_v)),
+        (defended["text"], verdict(d_v), top),
+    )
+    return story + "\n" + table
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

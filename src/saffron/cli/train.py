@@ -9,7 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from saffron.cli import train_data
-from saffron.cli.args import add_ray, add_runtime, cluster, integer, names, runtime, unit
+from saffron.cli.args import (
+    add_ray,
+    add_runtime,
+    cluster,
+    integer,
+    names,
+    runtime,
+    search_rule,
+    unit,
+)
 from saffron.errors import SaffronError
 from saffron.lm.models import SMOLLM2
 from saffron.reward.loading import SMOL_GUARD
@@ -28,6 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_train_guard(sub)
     _add_label(sub)
     _add_train_mrm(sub)
+    _add_visit(sub)
 
 
 def _add_train_guard(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +122,12 @@ def _add_train_mrm(sub: argparse._SubParsersAction) -> None:
         "by partial supervision. Example: saffron train-mrm  (labels of `saffron label` with its "
         "defaults -> src/saffron/artifacts/smol-mrm)",
     )
-    tm.add_argument("--labels", default=None, help="label folder (default: the embedded one)")
+    tm.add_argument(
+        "--labels",
+        default=None,
+        help="label folder, or several comma-separated (e.g. the corpus's and the "
+        "search-visited states' of `saffron visit`; default: the embedded one)",
+    )
     tm.add_argument("--guard", default=None, help="backbone guard (default: the labels' guard)")
     tm.add_argument("--policy", default=None, help="policy (default: the labels' policy)")
     tm.add_argument("--out", default=None, help="output folder (default: embedded smol-mrm)")
@@ -346,13 +361,17 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     from saffron.lm.adapters import fingerprint
     from saffron.lm.vocab import vocab_hash
     from saffron.reward.mrm_load import guard_backbone, mrm_dir
-    from saffron.train.label import load_tokenizer, read_labels
+    from saffron.train.label import load_tokenizer, read_label_sets
     from saffron.train.mrm_train import check_labels, train_mrm
 
     cfg = _mrm_config(args)
     rt = runtime(args)
-    labels = Path(args.labels or _default_labels(SMOL_GUARD, _default_corpus())).expanduser()
-    meta, items = read_labels(labels)
+    folders = [
+        Path(f).expanduser()
+        for f in names(args.labels or _default_labels(SMOL_GUARD, _default_corpus()))
+    ]
+    labels = folders[0]
+    meta, items = read_label_sets(folders)
     guard = args.guard or str(meta["guard"])
     policy = args.policy or str(meta["policy"])
     policy_hash = vocab_hash(load_tokenizer(policy))
@@ -373,7 +392,8 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
         "base_guard_weights": weights,
         "policy": policy,
         "policy_vocab_hash": policy_hash,
-        "labels": labels.name,  # a folder in the user cache; its name, not this machine's path
+        # folders in the user cache: their names, not this machine's paths
+        "labels": ",".join(f.name for f in folders),
         "label_items": len(items),
     }
     result = train_mrm(backbone, layout, items, out, cfg, info)
@@ -382,9 +402,72 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_visit(sub: argparse._SubParsersAction) -> None:
+    from saffron.lm.models import ALIGNED
+    from saffron.reward.mrm_load import SMOL_MRM
+    from saffron.train.visited import VisitConfig
+
+    d = VisitConfig
+    vi = sub.add_parser(
+        "visit",
+        help="the states Saffron reaches on training prompts, as a corpus to label (DAgger)",
+        description="Run Saffron with the current MRM on train-split prompts under the "
+        "harmful prefill and write every sequence of its final pool as a corpus item (kind "
+        "search-visited), for `saffron label --corpus FILE` and `saffron train-mrm --labels "
+        "OLD,NEW`. Resumable. Example: saffron visit --per-set 40",
+    )
+    vi.add_argument("--policy", default=ALIGNED, help="the policy the search runs")
+    vi.add_argument("--mrm", default=SMOL_MRM, help="the MRM that guides it")
+    vi.add_argument("--per-set", type=integer, default=40, help="train prompts per harmful set")
+    vi.add_argument("--budget", type=integer, default=d.budget, help="Saffron's width N")
+    vi.add_argument("--prefill", type=integer, default=d.prefill_tokens, help="K of the prefill")
+    vi.add_argument("--max-new-tokens", type=integer, default=d.max_new_tokens)
+    vi.add_argument("--concurrency", type=integer, default=d.concurrency, metavar="K")
+    vi.add_argument("--seed", type=integer, default=d.seed)
+    vi.add_argument("--out", default=None, help="corpus file (default: in the user cache)")
+    search_rule(vi, guard_cost=False)
+    add_runtime(vi)
+
+
+def cmd_visit(args: argparse.Namespace) -> int:
+    from saffron.lm.models import load_model
+    from saffron.lm.policy import make_policy
+    from saffron.paths import cache_dir
+    from saffron.reward.mrm_load import load_mrm
+    from saffron.search import World
+    from saffron.train.corpus import training_prompts
+    from saffron.train.visited import VisitConfig, visit
+
+    cfg = VisitConfig(
+        budget=args.budget,
+        prefill_tokens=args.prefill,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=min(VisitConfig.min_new_tokens, args.max_new_tokens),
+        logp_weight=args.logp_weight,
+        logp_floor=args.logp_floor,
+        seed=args.seed,
+        concurrency=args.concurrency,
+    )
+    cfg.search()  # a bad budget or rule fails before any model loads
+    rt = runtime(args)
+    rows = training_prompts(args.seed, args.per_set)
+    starts, _ = train_data.harmful_starts(rows, rt)
+    policy = make_policy(load_model(args.policy, rt), kv_budget=rt.kv_budget)
+    world = World(policy, mrm=load_mrm(args.mrm, policy, runtime=rt))
+    name = f"visited-{Path(args.policy).name}-{Path(args.mrm).name}-n{args.budget}"
+    out = Path(args.out or cache_dir() / "corpus" / f"{name}-seed{args.seed}.jsonl").expanduser()
+    items = visit(world, rows, starts, out, cfg)
+    print(
+        f"{len(items)} search-visited states of {len({i.prompt for i in items})} prompts in {out}"
+    )
+    print(f"next: saffron label --corpus {out}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-guard": cmd_train_guard,
     "label": cmd_label,
     "train-mrm": cmd_train_mrm,
     "train-policy": cmd_train_policy,
+    "visit": cmd_visit,
 }

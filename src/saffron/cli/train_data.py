@@ -150,6 +150,7 @@ def aligned_corpus(
 ) -> list[CorpusItem]:
     """The answers of ``smol-aligned`` and ``smol-aligned-deep`` (no attack, after harmful
     starts of 5, 10 and 20 tokens, benign), each built or resumed in the user cache."""
+    from saffron.lm.adapters import fingerprint
     from saffron.lm.models import ALIGNED, ALIGNED_DEEP, load_model
     from saffron.lm.policy import make_policy
     from saffron.paths import cache_dir
@@ -165,7 +166,8 @@ def aligned_corpus(
         policy = make_policy(load_model(name, runtime), kv_budget=runtime.kv_budget)
         jobs = aligned_jobs(name, rows, starts, benign, seed=args.seed, prefill_ks=(5, 10, 20))
         tag = f"seed{args.seed}" + (f"-per{args.per_set}" if args.per_set else "")
-        path = cache_dir() / "corpus" / f"aligned-{name}-{tag}.jsonl"
+        # keyed by the weights too: a retrained policy must not reuse the old one's answers
+        path = cache_dir() / "corpus" / f"aligned-{name}-{fingerprint(name)}-{tag}.jsonl"
         corpus += build_aligned_corpus(policy, name, jobs, path, seed=args.seed)
         del policy
     return corpus

@@ -28,6 +28,11 @@ instead of the reward alone, and with ``cfg.logp_floor`` = δ the expand step dr
 than δ nats below their beam's most probable token. Both read the log-probabilities off the
 logits of the policy call the step already made. β = 0 and no floor is the paper's rule.
 
+**The final pool** (``cfg.option("keep_pool")``, default False): ``extra["pool"]`` lists every
+sequence of the last pool, best first, as ``{"tokens": generated ids, "reward": the MRM's
+estimate}``: the states the search reached, which the MRM's training data may lack (a learned
+reward queried off its training distribution; see :mod:`saffron.train.visited`).
+
 **Ablation switches.** ``cfg.option("conservative")`` (default True) turns the unseen mask
 off; ``cfg.top_p`` sets the children (1.0 = every token); trie sharing is a property of the
 backends, not of the search: build the policy and MRM on a ``PlainBackend``
@@ -178,6 +183,7 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """
     require_mrm(world, "saffron")
     conservative = bool_option(cfg, "conservative", True)
+    keep_pool = bool_option(cfg, "keep_pool", False)
     policy = world.policy
     trace: list[int] = []
     fallback_steps = children_scored = 0
@@ -202,4 +208,6 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
         "children_scored": children_scored,
         **({} if cfg.paper_selection else {"selection": cfg.selection()}),
     }
+    if keep_pool:
+        extra["pool"] = [{"tokens": list(b.seq.generated), "reward": b.reward} for b in pool]
     return Outcome(answer.seq, answer.reward, extra)

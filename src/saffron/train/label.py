@@ -338,6 +338,37 @@ def read_labels(folder: Path) -> tuple[dict[str, object], list[LabelledItem]]:
     return meta, items
 
 
+def read_label_sets(folders: list[Path]) -> tuple[dict[str, object], list[LabelledItem]]:
+    """Several complete label datasets as one (e.g. the corpus's and the search-visited
+    states', :mod:`saffron.train.visited`): items in folder order, the first folder's metadata
+    with ``count`` summed and ``folders`` added.
+
+    Raises SaffronError when the folders were labelled by different guards or guard weights,
+    for different policy vocabularies, or share an item id (the same corpus labelled twice).
+    """
+    if not folders:
+        raise SaffronError("no label folder given")
+    meta, items = read_labels(folders[0])
+    ids = {it.id for it in items}
+    for folder in folders[1:]:
+        other, more = read_labels(folder)
+        for key in ("guard", "guard_weights", "policy_vocab_hash"):
+            if other.get(key) != meta.get(key):
+                raise SaffronError(
+                    f"the labels in {folder} differ from those in {folders[0]} in {key} "
+                    f"({other.get(key)} vs {meta.get(key)}); label both with the same guard"
+                )
+        twice = ids & {it.id for it in more}
+        if twice:
+            raise SaffronError(
+                f"the labels in {folder} repeat {len(twice)} item(s) of an earlier folder "
+                f"(e.g. {min(twice)})"
+            )
+        ids |= {it.id for it in more}
+        items += more
+    return {**meta, "count": len(items), "folders": [f.name for f in folders]}, items
+
+
 # --- where shards are labelled ----------------------------------------------------------------
 
 
