@@ -39,9 +39,12 @@ from saffron.types import ModelCompute
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes
 DEFAULT_BATCH_TOKENS = 16384  # padded positions (past + new) per forward: bounds gathered KV
-# shared stems pay when they save this many bytes of gathered keys and values per forward
-# (BENCHMARKS.md, "Where a step's time goes": about the copy a 16-beam search's prompt costs)
-STEM_MIN_BYTES = 64 << 20
+# Shared stems (saffron.lm.stem) are used in a forward when they save at least this many
+# bytes of gathered keys and values; None: never. Off until measured on the embedded models
+# (BENCHMARKS.md, "Where a step's time goes": the reused gather buffer already removed most of
+# the gather's cost; 64 MiB, about the copy a 16-beam search's prompt costs, is the setting to
+# measure with `bench/speed.py --stem-min-mib 64`).
+STEM_MIN_BYTES: int | None = None
 
 
 @dataclass(frozen=True)
@@ -281,9 +284,11 @@ class Backend(ABC):
 
     def _stem_plan(self, segments: list[_Segment], pool: KVPool | None) -> StemPlan | None:
         """Shared stems for this forward (:mod:`saffron.lm.stem`), or None: no pool, attention
-        other than SDPA, or fewer than ``stem_min_bytes`` of keys and values saved (below
-        that, the stem path's extra small operations cost more than the copy they save)."""
-        if pool is None or getattr(self.model.config, "_attn_implementation", None) != "sdpa":
+        other than SDPA, stems off (``stem_min_bytes`` None), or fewer than ``stem_min_bytes``
+        of keys and values saved (below that, the stem path's extra small operations cost more
+        than the copy they save)."""
+        sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+        if pool is None or not sdpa or self.stem_min_bytes is None:
             return None
         plan = plan_stems([s.past for s in segments])
         per_position = 2 * pool.n_layers * pool.n_kv_heads * pool.head_dim
