@@ -319,7 +319,7 @@ class Backend(ABC):
         """Two flat buffers of ``numel`` elements (keys, values) for one forward's gathered
         past, views of one scratch tensor that every forward reuses.
 
-        Why: a fresh allocation of this size (up to ~1.4 GB per forward with 16 searches in
+        Why: a fresh allocation of this size (hundreds of MB per forward with 16 searches in
         flight) is new pages from the OS, faulted in on first write and unmapped on free; in
         the profile (BENCHMARKS.md, "Where a step's time goes") that cost as much as the copy.
         The scratch grows by powers of two, never past the positions a forward may pad

@@ -3,8 +3,8 @@
 A batched forward of the trie backend reads, for every row, the keys and values of its whole
 past. Rows of one search share most of that past (the prompt, and the answer up to where the
 beams branched), so gathering each row's past into a (B, kv, past, hd) buffer copies the
-shared part once per row: with 16 searches of 16 beams in flight that was ~1.4 GB per forward
-and a quarter of a step (BENCHMARKS.md, "Where a step's time goes").
+shared part once per row: with 16 searches of 16 beams in flight that copy was over a quarter
+of a step (BENCHMARKS.md, "Where a step's time goes").
 
 Here the rows of a forward are split into groups that share a stem (:func:`plan_stems`); the
 stem's keys and values are gathered once per group, each row's buffer holds only its suffix
