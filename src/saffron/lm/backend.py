@@ -320,8 +320,9 @@ class Backend(ABC):
         past, views of one scratch tensor that every forward reuses.
 
         Why: a fresh allocation of this size (hundreds of MB per forward with 16 searches in
-        flight) is new pages from the OS, faulted in on first write and unmapped on free; in
-        the profile (BENCHMARKS.md, "Where a step's time goes") that cost as much as the copy.
+        flight) is new pages from the OS, faulted in on first write and unmapped on free,
+        costs that the profile's gather and write-back regions include (BENCHMARKS.md, "Where
+        a step's time goes").
         The scratch grows by powers of two, never past the positions a forward may pad
         (``max_batch_tokens``), so it stays within the transient half of the KV budget;
         :meth:`clear` frees it. Contents are garbage until written: the gather overwrites
