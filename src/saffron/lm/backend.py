@@ -232,6 +232,10 @@ class Backend(ABC):
         past again. New tokens are right-padded. The boolean mask (B, 1, Lm, Pm + Lm) lets
         token q of sequence b see its own past and its own new tokens ≤ q; padded query rows
         see the sequence's valid keys (their outputs are discarded) so no row is fully masked.
+
+        With shared stems (:meth:`_stem_plan`), the buffer holds only each row's past after its
+        group's stem (Pm is the longest such suffix); the stems are gathered once per group and
+        passed to :func:`~saffron.lm.stem.stem_attention`; position ids still count the stem.
         """
         dev = self.device
         plan = self._stem_plan(segments, pool)
