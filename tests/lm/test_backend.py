@@ -186,8 +186,9 @@ def test_shared_stems_match_uncached_forward(tiny: LoadedModel, parts, stems) ->
 
 
 def test_shared_stems_are_used_when_rows_share_their_past(tiny: LoadedModel) -> None:
-    """Two prompts of 12 tokens, four beams each, decoded two steps: the decode forwards
-    share each prompt once per group, and match the uncached forward."""
+    """Two prompts of 12 tokens, four beams each, extended three times (the last by three
+    tokens per beam): every forward after the prompts' own shares each prompt once per group,
+    and all match the uncached forward."""
     import saffron.lm.backend as backend_mod
 
     used = []
