@@ -82,6 +82,13 @@ def prompts(world: World, n: int, prefill: int = 10) -> list[TokenSequence]:
     return out
 
 
+def stems(world: World, min_mib: float | None) -> None:
+    """Set every backend's shared-stem threshold (None: leave the backends' default)."""
+    if min_mib is not None:
+        for b in world.backends().values():
+            b.stem_min_bytes = int(min_mib * 2**20)
+
+
 def clear(world: World) -> None:
     for b in world.backends().values():
         b.clear()
@@ -224,6 +231,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     world = tiny_world() if args.tiny else embedded_world(args.policy, args.mrm)
+    stems(world, args.stem_min_mib)
     seqs = prompts(world, args.prompts)
     loaded = world.policy.backend.loaded
     ns, news = args.widths, args.new_tokens
@@ -251,6 +259,13 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 16], metavar="K")
     ap.add_argument("--ceiling-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--stem-min-mib",
+        type=float,
+        default=None,
+        help="share stems in forwards saving at least this many MiB of gathered KV "
+        "(saffron.lm.stem; default: the backend's setting)",
+    )
     ap.add_argument("--policy", default="smol-aligned")
     ap.add_argument("--mrm", default="smol-mrm")
     ap.add_argument("--tiny", action="store_true", help="smoke run on the tiny random model")

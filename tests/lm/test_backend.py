@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from unittest import mock
 
 import pytest
 import torch
@@ -159,3 +160,61 @@ def test_clear_and_bad_sequences(tiny: LoadedModel) -> None:
         backend.last_hidden([[]])
     with pytest.raises(SaffronError, match="exceeds tiny-random-llama's context of 1024"):
         backend.last_hidden([[3] * 1025])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    parts=sequence_sets,
+    stems=st.lists(st.lists(token, min_size=1, max_size=10), min_size=1, max_size=3),
+)
+def test_shared_stems_match_uncached_forward(tiny: LoadedModel, parts, stems) -> None:
+    """With shared stems forced on (:mod:`saffron.lm.stem`: each group's stem gathered once,
+    rows attend over it and their own suffix), every output equals the uncached forward's:
+    several groups, one-token and several-token new segments, rows alone in their group."""
+    backend = TrieBackend(tiny)
+    backend.stem_min_bytes = 0
+    rounds = [
+        [stem for stem in stems],
+        [stems[i % len(stems)] + a for i, (a, _) in enumerate(parts)],
+        [stems[i % len(stems)] + a + b for i, (a, b) in enumerate(parts)],
+        [stems[i % len(stems)] + a + b + [7] for i, (a, b) in enumerate(parts)],
+    ]
+    for seqs in rounds:
+        got = backend.last_hidden(seqs)
+        want = full_forward_last(tiny, seqs)
+        assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_shared_stems_are_used_when_rows_share_their_past(tiny: LoadedModel) -> None:
+    """Two prompts of 12 tokens, four beams each, extended three times (the last by three
+    tokens per beam): every forward after the prompts' own shares each prompt once per group,
+    and all match the uncached forward."""
+    import saffron.lm.backend as backend_mod
+
+    used = []
+    real = backend_mod.stem_attention_on
+
+    def spy(model):  # type: ignore[no-untyped-def]
+        used.append(1)
+        return real(model)
+
+    backend = TrieBackend(tiny)
+    backend.stem_min_bytes = 0
+    prompts = [list(range(10, 22)), list(range(40, 52))]
+    beams = [[*p, 100 + i] for p in prompts for i in range(4)]
+    with mock.patch.object(backend_mod, "stem_attention_on", spy):
+        for seqs in (prompts, beams, [[*b, 7] for b in beams], [[*b, 7, 8, 9] for b in beams]):
+            got = backend.last_hidden(seqs)
+            assert (got - full_forward_last(tiny, seqs)).abs().max().item() <= 1e-4
+    assert len(used) == 3  # every decode forward; the prompts' own forward has no past
+
+
+def test_plan_stems_groups_rows_that_share_most_of_their_past() -> None:
+    from saffron.lm.stem import plan_stems
+
+    pasts = [[1, 2, 3, 4, 5], [9, 8], [1, 2, 3, 4, 6], [1, 2, 7, 7, 7, 7, 7, 7], [9, 8, 7]]
+    plan = plan_stems(pasts)
+    # rows 0 and 2 share 4 of 5; row 3 shares 2 of 8 (under half): its own group; 1 and 4 share 9, 8
+    assert sorted(map(sorted, plan.groups)) == [[0, 2], [1, 4], [3]]
+    assert plan.cut == [4, 2, 4, 8, 2]
+    assert plan.saved == 4 + 2

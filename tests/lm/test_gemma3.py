@@ -41,11 +41,14 @@ def test_forward_reads_english(gemma: LoadedModel) -> None:
     assert fluent < 3.5 and fluent < reversed_ - 2
 
 
-def test_trie_matches_plain_forward(gemma: LoadedModel) -> None:
+@pytest.mark.parametrize("stems", [False, True])
+def test_trie_matches_plain_forward(gemma: LoadedModel, stems: bool) -> None:
+    """Also with shared stems forced on (one KV head for four query heads)."""
     tok = gemma.tokenizer
     base = tok.encode("Request: how do I pick a lock?\nAnswer: Sure, first you need")
     seqs = [base, [*base, 100, 200], [*base[:-3], 5, 6, 7]]
     backend = TrieBackend(gemma)
+    backend.stem_min_bytes = 0 if stems else None
     backend.last_hidden(seqs[:1])
     got = backend.last_hidden(seqs)
     with torch.no_grad():

@@ -135,9 +135,10 @@ def test_a_search_step_over_8_beams_runs_the_mrm_once_on_8_sequences(tiny) -> No
     assert len(result.generated) == 2
 
 
-def test_a_saffron_search_counts_the_mrm_vocabulary_head(tiny, monkeypatch) -> None:
-    """The MRM's reward head (d × V per scored sequence) is part of a Saffron search's FLOPs:
-    the same search with heads counted as free costs exactly 2·d·V per MRM row less."""
+def test_a_saffron_search_counts_the_mrm_head_entries_it_reads(tiny, monkeypatch) -> None:
+    """The MRM's reward head is part of a Saffron search's FLOPs, counted as it runs: one
+    weight row per child scored (2·d each), not the whole d × V head per beam. The same search
+    with heads counted as free costs exactly 2·d per scored child less."""
     from saffron.lm.flops import FlopModel
 
     def search() -> tuple[float, int]:
@@ -146,12 +147,32 @@ def test_a_saffron_search_counts_the_mrm_vocabulary_head(tiny, monkeypatch) -> N
         start = world.policy.chat.sequence("Hi", prefill="Ok")
         cfg = SearchConfig(budget=4, max_new_tokens=3, min_new_tokens=3, top_p=1.0)
         result = run_search("saffron", world, start, cfg)
-        return result.compute.per_model["mrm"].flops, result.reward_calls["mrm"]
+        return result.compute.per_model["mrm"].flops, result.extra["children_scored"]
 
-    counted, rows = search()
+    counted, children = search()
     monkeypatch.setattr(FlopModel, "head", staticmethod(lambda rows, d_model, d_out: 0.0))
-    without_heads, same_rows = search()
-    mrm = make_mrm()
-    d, vocab = mrm.backend.d_model, mrm.vocab_size
-    assert rows == same_rows > 0
-    assert counted - without_heads == pytest.approx(2 * d * vocab * rows)
+    without_heads, same_children = search()
+    d = make_mrm().backend.d_model
+    assert children == same_children > 0
+    assert counted - without_heads == pytest.approx(2 * d * children)
+
+
+def test_reward_rows_read_the_entries_of_rewards() -> None:
+    """Entries read from :meth:`MRM.reward_rows` equal those of the whole vectors (float32
+    rounding apart), −∞ where unseen under the conservative mask; split parts read their own
+    rows; each entry read costs 2·d FLOPs, charged to the part's ledger."""
+    mrm = make_mrm([5])
+    seqs = [seq((5, 6, 7), (8,)), seq((5, 9), ())]
+    rows, tokens = torch.tensor([0, 0, 1, 1]), torch.tensor([3, 5, 5, 250])
+    for conservative in (True, False):
+        full = mrm.rewards(seqs, conservative=conservative)
+        got = mrm.reward_rows(seqs, conservative=conservative).at(rows, tokens)
+        assert torch.allclose(got, full[rows, tokens], atol=1e-5)
+        assert bool(torch.isinf(got[1])) is conservative
+    ledger = mrm.backend.ledger()
+    first, second = mrm.reward_rows(seqs).split([1, 1], [None, ledger])
+    flops = mrm.backend.compute.flops
+    assert torch.allclose(second.at(torch.tensor([0]), tokens[3:]), full[1, 250:251], atol=1e-5)
+    d = mrm.backend.d_model
+    assert ledger.compute.flops == mrm.backend.compute.flops - flops == 2 * d
+    assert len(first) == len(second) == 1

@@ -92,9 +92,13 @@ def same(a: SearchResult, b: SearchResult) -> None:
     close(da, db)
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_many_searches_equal_one_at_a_time(models: Models, cache: bool) -> None:
+@pytest.mark.parametrize("cache, stems", [(True, False), (False, False), (True, True)])
+def test_many_searches_equal_one_at_a_time(models: Models, cache: bool, stems: bool) -> None:
+    """``stems``: the trie backends share stems in every forward where rows share a past
+    (:mod:`saffron.lm.stem`; on the tiny model's short sequences they otherwise never pay)."""
     world = real_world(models, cache=cache)
+    for b in world.backends().values():
+        b.stem_min_bytes = 0 if stems else b.stem_min_bytes
     todo = jobs(world)
     expected = {k: alone(world, m, s, c) for k, m, s, c in todo}
     for b in world.backends().values():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +33,18 @@ from saffron.lm.flops import FlopModel
 from saffron.lm.kvpool import KVPool
 from saffron.lm.ledger import Ledger
 from saffron.lm.models import LoadedModel
+from saffron.lm.stem import Stem, StemPlan, plan_stems, stem_attention_on, stem_index
 from saffron.lm.trie import PENDING, Trie, TrieNode, plan_call
 from saffron.types import ModelCompute
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes
 DEFAULT_BATCH_TOKENS = 16384  # padded positions (past + new) per forward: bounds gathered KV
+# Shared stems (saffron.lm.stem) are used in a forward when they save at least this many
+# bytes of gathered keys and values; None: never. Off until measured on the embedded models
+# (BENCHMARKS.md, "Where a step's time goes": the reused gather buffer already removed most of
+# the gather's cost; 64 MiB, about the copy a 16-beam search's prompt costs, is the setting to
+# measure with `bench/speed.py --stem-min-mib 64`).
+STEM_MIN_BYTES: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class Backend(ABC):
         p = next(self.model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self._payers: list[Ledger] | None = None
+        self._scratch: Tensor | None = None  # reused gather buffer (see :meth:`_gather_buffer`)
+        self.stem_min_bytes = STEM_MIN_BYTES  # see :meth:`_stem_plan`; 0 forces shared stems
 
     @property
     def name(self) -> str:
@@ -169,23 +178,32 @@ class Backend(ABC):
         out_features = d_out if d_out is not None else int(getattr(head, "out_features"))  # noqa: B009
         with torch.inference_mode():
             out = head(hidden)
-        self.compute.flops += FlopModel.head(rows, self.d_model, out_features)
+        self.count_head(rows, out_features)
+        return out
+
+    def count_head(self, rows: int, d_out: int, payer: Ledger | None = None) -> None:
+        """Count a head of ``d_out`` outputs over ``rows`` hidden states (its FLOPs) in
+        ``compute`` and charge it to ``payer``, or, inside :meth:`charged_to`, row i to
+        ``payers[i]``. A head read entry by entry (one weight row per entry) has ``d_out`` 1
+        per entry read."""
+        self.compute.flops += FlopModel.head(rows, self.d_model, d_out)
+        if payer is not None:
+            payer.charge_head(rows, d_out)
         if self._payers is not None:
             if rows != len(self._payers):
                 raise SaffronError(f"a shared head over {rows} rows has {len(self._payers)} payers")
             count: dict[int, int] = {}
-            for payer in self._payers:
-                count[id(payer)] = count.get(id(payer), 0) + 1
-            for payer in {id(p): p for p in self._payers}.values():
-                payer.charge_head(count[id(payer)], out_features)
-        return out
+            for p in self._payers:
+                count[id(p)] = count.get(id(p), 0) + 1
+            for p in {id(p): p for p in self._payers}.values():
+                p.charge_head(count[id(p)], d_out)
 
     # --- shared machinery -------------------------------------------------------------------
 
     def _validate(self, seqs: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
         out = []
         for s in seqs:
-            t = tuple(int(x) for x in s)
+            t = tuple(map(int, s))  # a C loop: this runs over every row's every token
             if not t:
                 raise SaffronError("a token sequence is empty; nothing to compute")
             if len(t) > self.max_context:
@@ -214,18 +232,47 @@ class Backend(ABC):
         past again. New tokens are right-padded. The boolean mask (B, 1, Lm, Pm + Lm) lets
         token q of sequence b see its own past and its own new tokens ≤ q; padded query rows
         see the sequence's valid keys (their outputs are discarded) so no row is fully masked.
+
+        With shared stems (:meth:`_stem_plan`), the buffer holds only each row's past after its
+        group's stem (Pm is the longest such suffix); the stems are gathered once per group and
+        passed to :func:`~saffron.lm.stem.stem_attention`; position ids still count the stem.
         """
         dev = self.device
-        bsz = len(segments)
-        pm = max(len(s.past) for s in segments)
+        plan = self._stem_plan(segments, pool)
+        cut = plan.cut if plan is not None else [0] * len(segments)
+        pasts = [s.past[c:] for s, c in zip(segments, cut, strict=True)]  # each row's own part
+        pm = max(len(p) for p in pasts)
         lm = max(len(s.tokens) for s in segments)
         # one tensor from Python lists per input (no per-row tensor construction)
         ids = torch.tensor([s.tokens + [0] * (lm - len(s.tokens)) for s in segments], device=dev)
-        slots = [[0] * (pm - len(s.past)) + s.past + [0] * lm for s in segments]  # (B, Pm + Lm)
-        lens = torch.tensor([[len(s.past), len(s.tokens)] for s in segments], device=dev)
-        p_len, n_len = lens[:, 0], lens[:, 1]
+        slots = [[0] * (pm - len(p)) + p + [0] * lm for p in pasts]  # (B, Pm + Lm)
+        lens = torch.tensor(
+            [[len(p), len(s.tokens), c] for p, s, c in zip(pasts, segments, cut, strict=True)],
+            device=dev,
+        )
+        position_ids = (lens[:, 0] + lens[:, 2])[:, None] + torch.arange(lm, device=dev)[None, :]
+        attn_mask = self._mask(lens[:, 0], lens[:, 1], pm, lm)
+        with torch.inference_mode():
+            buffers = self._buffers(pool, torch.tensor(slots, device=dev), pm)
+            extra = {} if plan is None or pool is None else {"stem": _stem(plan, segments, pool)}
+            with nullcontext() if plan is None else stem_attention_on(self.model):
+                out = self.decoder(
+                    input_ids=ids,
+                    attention_mask=attn_mask,
+                    position_ids=position_ids,
+                    cache=Cache(layers=list(buffers)),
+                    use_cache=True,
+                    **extra,
+                )
+        self.compute.forwards += 1
+        return out.last_hidden_state, buffers
+
+    def _mask(self, p_len: Tensor, n_len: Tensor, pm: int, lm: int) -> Tensor:
+        """The (B, 1, Lm, Pm + Lm) mask of :meth:`_forward` for buffer pasts of ``p_len`` and
+        ``n_len`` new tokens per row (additive for attention other than SDPA)."""
+        dev = self.device
+        bsz = int(p_len.shape[0])
         ar_new = torch.arange(lm, device=dev)
-        position_ids = p_len[:, None] + ar_new[None, :]  # (B, Lm)
         past_valid = torch.arange(pm, device=dev)[None, :] >= (pm - p_len)[:, None]  # (B, Pm)
         new_valid = ar_new[None, :] < n_len[:, None]  # (B, Lm)
         causal = ar_new[None, :] <= ar_new[:, None]  # (Lm q, Lm k)
@@ -237,26 +284,31 @@ class Backend(ABC):
             attn_mask = torch.zeros(attn_mask.shape, dtype=self.dtype, device=dev).masked_fill(
                 ~attn_mask, torch.finfo(self.dtype).min
             )
-        with torch.inference_mode():
-            buffers = self._buffers(pool, torch.tensor(slots, device=dev), pm)
-            out = self.decoder(
-                input_ids=ids,
-                attention_mask=attn_mask,
-                position_ids=position_ids,
-                cache=Cache(layers=list(buffers)),
-                use_cache=True,
-            )
-        self.compute.forwards += 1
-        return out.last_hidden_state, buffers
+        return attn_mask
+
+    def _stem_plan(self, segments: list[_Segment], pool: KVPool | None) -> StemPlan | None:
+        """Shared stems for this forward (:mod:`saffron.lm.stem`), or None: no pool, attention
+        other than SDPA, stems off (``stem_min_bytes`` None), or fewer than ``stem_min_bytes``
+        of keys and values saved (below that, the stem path's extra small operations cost more
+        than the copy they save)."""
+        sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+        if pool is None or not sdpa or self.stem_min_bytes is None:
+            return None
+        plan = plan_stems([s.past for s in segments])
+        per_position = 2 * pool.n_layers * pool.n_kv_heads * pool.head_dim
+        saved = plan.saved * per_position * pool.keys.element_size()
+        return plan if plan.saved and saved >= self.stem_min_bytes else None
 
     def _buffers(self, pool: KVPool | None, slots: Tensor, past: int) -> list[_BufferLayer]:
         """One :class:`_BufferLayer` per layer for slots (B, Pm + Lm): one gather per forward."""
         bsz, width = slots.shape
         if pool is not None and past:
             rows = pool.flat_index(slots).reshape(-1)  # (B·kv·T,)
-            keys = pool.flat_keys().index_select(1, rows)  # (n_layers, B·kv·T, hd)
-            values = pool.flat_values().index_select(1, rows)
             nl, kvh, hd = pool.n_layers, pool.n_kv_heads, pool.head_dim
+            keys, values = self._gather_buffer(nl * rows.numel() * hd, pool.keys.dtype)
+            keys, values = keys.view(nl, -1, hd), values.view(nl, -1, hd)
+            torch.index_select(pool.flat_keys(), 1, rows, out=keys)  # (n_layers, B·kv·T, hd)
+            torch.index_select(pool.flat_values(), 1, rows, out=values)
         else:
             cfg = self.model.config
             nl = int(cfg.num_hidden_layers)
@@ -266,6 +318,35 @@ class Backend(ABC):
             values = torch.zeros_like(keys)
         keys, values = keys.view(nl, bsz, kvh, width, hd), values.view(nl, bsz, kvh, width, hd)
         return [_BufferLayer(keys[i], values[i], past) for i in range(nl)]
+
+    def _gather_buffer(self, numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Two flat buffers of ``numel`` elements (keys, values) for one forward's gathered
+        past, views of one scratch tensor that every forward reuses.
+
+        Why: a fresh allocation of this size (hundreds of MB per forward with 16 searches in
+        flight) is new pages from the OS, faulted in on first write and unmapped on free,
+        costs that the profile's gather and write-back regions include (BENCHMARKS.md, "Where
+        a step's time goes").
+        The scratch grows by powers of two, never past the positions a forward may pad
+        (``max_batch_tokens``), so it stays within the transient half of the KV budget;
+        :meth:`clear` frees it. Contents are garbage until written: the gather overwrites
+        every element, the model writes the new positions.
+        """
+        cap = 2 * numel
+        if self._scratch is None or self._scratch.numel() < cap or self._scratch.dtype != dtype:
+            size = 1 << (cap - 1).bit_length()
+            limit = 2 * self._scratch_limit()
+            self._scratch = None  # free the old one before allocating the new
+            self._scratch = torch.empty(max(cap, min(size, limit)), dtype=dtype, device=self.device)
+        return self._scratch[:numel], self._scratch[numel:cap]
+
+    def _scratch_limit(self) -> int:
+        """Elements of keys (or values) for ``max_batch_tokens`` padded positions."""
+        cfg = self.model.config
+        nl = int(cfg.num_hidden_layers)
+        kvh = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        hd = int(getattr(cfg, "head_dim", None) or self.d_model // cfg.num_attention_heads)
+        return self.max_batch_tokens * nl * kvh * hd
 
     def _count(self, computed: list[tuple[int, int]], reused: int, n_seqs: int) -> None:
         """Record one call: ``computed`` lists (past, new) token counts per segment."""
@@ -370,6 +451,7 @@ class TrieBackend(Backend):
         return out
 
     def clear(self) -> None:
+        self._scratch = None
         self.trie.clear()
         self.pool.reset()
 
@@ -505,9 +587,11 @@ class TrieBackend(Backend):
         gathered = (
             2 * len(buffers) * buffers[0].buf_keys.numel() * buffers[0].buf_keys.element_size()
         )
+        if self._scratch is not None:  # the reused gather buffer, held between forwards
+            gathered = max(gathered, self._scratch.numel() * self._scratch.element_size())
         transient = gathered + hidden.numel() * hidden.element_size()
         self.peak_bytes = max(self.peak_bytes, pool.bytes_allocated + transient)
-        pm = max(len(seg.past) for seg in chunk)
+        pm = buffers[0].past  # the buffer's past width (each row's own part when stems are shared)
         n_new = torch.tensor([len(seg.tokens) for seg in chunk], device=dev)
         valid = torch.arange(lm, device=dev)[None, :] < n_new[:, None]  # (B, Lm)
         sel = torch.nonzero(valid.reshape(-1)).squeeze(-1)  # row b·Lm + q, in segment order
@@ -551,6 +635,22 @@ class _BufferLayer(DynamicLayer):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.past + query_length, 0
+
+
+def _stem(plan: StemPlan, segments: list[_Segment], pool: KVPool) -> Stem:
+    """The stems of ``plan`` gathered from ``pool``: one copy per group, not per row."""
+    dev = pool.device
+    slots, valid, rows = stem_index(plan, [s.past for s in segments])
+    g, width = slots.shape
+    flat = pool.flat_index(slots.to(dev)).reshape(-1)  # (G·kv·S,)
+    shape = (pool.n_layers, g, pool.n_kv_heads, width, pool.head_dim)
+    keys = pool.flat_keys().index_select(1, flat).view(shape)  # (n_layers, G, kv, S, hd)
+    values = pool.flat_values().index_select(1, flat).view(shape)
+    place = [0] * len(segments)
+    for gi, members in enumerate(plan.groups):
+        for r, b in enumerate(members):
+            place[b] = gi * int(rows.shape[1]) + r
+    return Stem(keys, values, valid.to(dev), rows.to(dev), torch.tensor(place, device=dev))
 
 
 def seq_tokens(path: list[TrieNode], start: int) -> list[int]:

@@ -31,7 +31,7 @@ from torch import Tensor
 from saffron.errors import SaffronError
 from saffron.lm.backend import Backend
 from saffron.lm.policy import Policy
-from saffron.reward.base import Guard, MultifurcationRM
+from saffron.reward.base import NO_REWARDS, Guard, MultifurcationRM, RewardRows
 from saffron.types import Compute, TokenSequence
 
 
@@ -179,10 +179,12 @@ class Ask:
 class Reply:
     """The answer to an :class:`Ask`, CPU float32, one row per asked sequence, in order:
     ``logits`` (len(ask.logits), V) raw (no stop-token rule applied), ``mrm``
-    (len(ask.mrm), V), ``guard`` (len(ask.guard),)."""
+    (len(ask.mrm), V) read entry by entry (:class:`~saffron.reward.base.RewardRows`: a search
+    reads only its children's entries, and an MRM computes only those), ``guard``
+    (len(ask.guard),)."""
 
     logits: Tensor
-    mrm: Tensor
+    mrm: RewardRows
     guard: Tensor
 
 
@@ -360,10 +362,10 @@ _EMPTY = torch.zeros(0)
 def answer(world: World, ask: Ask) -> Reply:
     """Answer ``ask`` with one call per model it names (empty parts cost nothing)."""
     logits = world.policy.next_logits(ask.logits).float().cpu() if ask.logits else _EMPTY
-    mrm = guard = _EMPTY
+    mrm, guard = NO_REWARDS, _EMPTY
     if ask.mrm:
         assert world.mrm is not None, "a search asked the MRM of a world without one"
-        mrm = world.mrm.rewards(ask.mrm, conservative=ask.conservative).float().cpu()
+        mrm = world.mrm.reward_rows(ask.mrm, conservative=ask.conservative)
     if ask.guard:
         assert world.guard is not None, "a search asked the guard of a world without one"
         guard = world.guard.score(ask.guard).float().cpu()

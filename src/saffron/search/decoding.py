@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from saffron.lm.policy import Policy
+from saffron.reward.base import NO_REWARDS
 from saffron.search.base import Ask, Reply, SearchConfig
 from saffron.types import TokenSequence
 
@@ -33,12 +34,18 @@ def forbid_stop(
 
     Returns a new tensor the caller owns (the input may be an inference-mode tensor).
     """
-    out = logits.clone()
+    return forbid_stop_(logits.clone(), seqs, policy, cfg)
+
+
+def forbid_stop_(
+    logits: Tensor, seqs: Sequence[TokenSequence], policy: Policy, cfg: SearchConfig
+) -> Tensor:
+    """:func:`forbid_stop` in place on ``logits`` (B, V), which the caller owns; returns it."""
     young = [b for b, s in enumerate(seqs) if len(s.generated) < cfg.min_new_tokens]
     if young:
         rows = torch.tensor(young)[:, None]
-        out[rows, torch.tensor(sorted(policy.chat.eos_ids))[None, :]] = float("-inf")
-    return out
+        logits[rows, torch.tensor(sorted(policy.chat.eos_ids))[None, :]] = float("-inf")
+    return logits
 
 
 def top_p_mask(logits: Tensor, p: float) -> Tensor:
@@ -61,6 +68,30 @@ def top_p_mask(logits: Tensor, p: float) -> Tensor:
         full_before = torch.cumsum(sorted_p, -1) - sorted_p
         mask[rows] = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, full_before < p)
     return mask
+
+
+def nucleus(logits: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """The tokens of :func:`top_p_mask` whose logit is finite, as (row, token) index pairs
+    (M,), (M,), row by row, token ids ascending: ``torch.nonzero(top_p_mask(logits, p) &
+    torch.isfinite(logits), as_tuple=True)``, without building the (B, V) mask for the rows
+    whose nucleus lies within the ``topk`` candidates (all but flat distributions)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    n_rows, vocab = probs.shape
+    k = min(vocab, 64)
+    top_p, top_i = torch.topk(probs, k, dim=-1)  # (B, k), descending
+    before = torch.cumsum(top_p, -1) - top_p
+    keep = (before < p) & torch.isfinite(logits.gather(1, top_i))  # (B, k)
+    wide = before[:, -1] + top_p[:, -1] < p  # the nucleus reaches past the k candidates
+    keep[wide] = False
+    rows = torch.arange(n_rows)[:, None].expand(n_rows, k)[keep]
+    tokens = top_i[keep]
+    if bool(wide.any()):  # rows ranked by a full sort, as top_p_mask ranks them
+        idx = torch.nonzero(wide).squeeze(-1)
+        full = top_p_mask(logits[idx], p) & torch.isfinite(logits[idx])
+        sub_rows, sub_tokens = torch.nonzero(full, as_tuple=True)
+        rows, tokens = torch.cat([rows, idx[sub_rows]]), torch.cat([tokens, sub_tokens])
+    order = torch.argsort(rows * vocab + tokens)
+    return rows[order], tokens[order]
 
 
 def sample_tokens(
@@ -124,7 +155,7 @@ def decode_batch(
         ask = next(steps)
         while True:
             logits = policy.next_logits(ask.logits).float().cpu()
-            ask = steps.send(Reply(logits, torch.zeros(0), torch.zeros(0)))
+            ask = steps.send(Reply(logits, NO_REWARDS, torch.zeros(0)))
     except StopIteration as stop:
         return list(stop.value)
 

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from saffron.lm.policy import Policy
+from saffron.reward.base import RewardRows
 from saffron.search.base import Ask, Outcome, SearchConfig, Steps, World, register
 from saffron.search.common import (
     Node,
@@ -56,9 +57,8 @@ from saffron.search.common import (
     bool_option,
     rank_key,
     require_mrm,
-    within_floor,
 )
-from saffron.search.decoding import forbid_stop, is_finished, top_p_mask
+from saffron.search.decoding import forbid_stop_, is_finished, nucleus
 from saffron.types import TokenSequence
 
 
@@ -84,26 +84,29 @@ def expand(policy: Policy, live: Sequence[Node], logits: Tensor, cfg: SearchConf
 
     One batched top-p over all beams; a stop token forbidden before min_new_tokens (−∞) is
     no child, nor, with ``cfg.logp_floor`` = δ, a token more than δ nats below its beam's most
-    probable one. Children are listed beam by beam, token ids ascending.
+    probable one. Children are listed beam by beam, token ids ascending. The nucleus comes
+    as index pairs (:func:`nucleus`): no (U, V) mask is built or scanned.
     """
-    scaled = forbid_stop(logits, [b.seq for b in live], policy, cfg) / cfg.temperature  # (U, V)
+    scaled = forbid_stop_(logits / cfg.temperature, [b.seq for b in live], policy, cfg)  # (U, V)
     logprobs = torch.log_softmax(scaled, dim=-1)
-    keep = top_p_mask(scaled, cfg.top_p) & torch.isfinite(scaled)
+    parent, token = nucleus(scaled, cfg.top_p)
+    logp = logprobs[parent, token]
     if cfg.logp_floor is not None:
-        keep &= within_floor(logprobs, cfg.logp_floor)
-    parent, token = torch.nonzero(keep, as_tuple=True)
+        top = logprobs.max(dim=-1).values  # (U,)
+        near = logp >= top[parent] - cfg.logp_floor  # within_floor at the children
+        parent, token, logp = parent[near], token[near], logp[near]
     reward = torch.full(parent.shape, float("-inf"))
-    return Children(parent, token, logprobs[parent, token], reward)
+    return Children(parent, token, logp, reward)
 
 
-def score(policy: Policy, rewards: Tensor, ch: Children) -> Children:
+def score(rewards: RewardRows, ch: Children) -> Children:
     """Every child's reward read off the MRM's vectors (U, V) of the live beams: one MRM call
-    per live beam (paper Eq. 3; unseen tokens −∞ under the conservative mask, Eq. 7)."""
-    expected = (int(ch.parent.max()) + 1 if ch.parent.numel() else 0, policy.vocab_size)
-    assert rewards.shape[1] == expected[1] and rewards.shape[0] >= expected[0], (
-        f"MRM returned {tuple(rewards.shape)}, not (U, {policy.vocab_size})"
+    per live beam (paper Eq. 3; unseen tokens −∞ under the conservative mask, Eq. 7). Only
+    the children's entries are read (and, for an MRM with a linear head, computed)."""
+    assert ch.parent.numel() == 0 or int(ch.parent.max()) < len(rewards), (
+        f"MRM returned {len(rewards)} rows for children of {int(ch.parent.max()) + 1} beams"
     )
-    return Children(ch.parent, ch.token, ch.logp, rewards[ch.parent, ch.token])
+    return Children(ch.parent, ch.token, ch.logp, rewards.at(ch.parent, ch.token))
 
 
 def _ranked(ch: Children, live: Sequence[Node], weight: float) -> Tensor:
@@ -188,7 +191,7 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     while live := [b for b in pool if not b.finished]:
         seqs = tuple(b.seq for b in live)
         reply = yield Ask(logits=seqs, mrm=seqs, conservative=conservative)
-        children = score(policy, reply.mrm, expand(policy, live, reply.logits, cfg))
+        children = score(reply.mrm, expand(policy, live, reply.logits, cfg))
         pool, fell_back = select(policy, cfg, pool, live, children)
         trace.append(len(live))
         fallback_steps += fell_back

@@ -19,7 +19,9 @@ Compute: each search is charged by its own :class:`~saffron.lm.ledger.Ledger` pe
 what its calls would have cost alone on an empty cache, the same figures ``saffron eval``
 records for one search at a time (see :mod:`saffron.lm.ledger` for the rule). The backends'
 own counters hold what actually ran. Reward-model calls are counted per search as the rows it
-asked for, the unit of ``Guard.calls`` and ``MultifurcationRM.calls``.
+asked for, the unit of ``Guard.calls`` and ``MultifurcationRM.calls``. The MRM answers with
+reward rows (:class:`~saffron.reward.base.RewardRows`) whose entries are computed when a search
+reads them; each search's part charges its own ledger for the entries it reads.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from saffron.errors import SaffronError
 from saffron.lm.ledger import Ledger
+from saffron.reward.base import NO_REWARDS, RewardRows
 from saffron.search.base import (
     Ask,
     MethodSpec,
@@ -183,10 +187,10 @@ class Scheduler:
         """One shared call per model over the asks of ``live``; each search's rows back."""
         w = self.world
         logits = self._shared("policy", live, lambda a: a.logits, w.policy.next_logits)
-        guard: dict[int, Tensor] = {}
+        guard: dict[int, Any] = {}
         if w.guard is not None:
             guard = self._shared("guard", live, lambda a: a.guard, w.guard.score)
-        mrm: dict[int, Tensor] = {}
+        mrm: dict[int, Any] = {}
         mrm_model = w.mrm
         if mrm_model is not None:
             for flag in (True, False):  # the mask is per ask; nearly always all conservative
@@ -195,10 +199,10 @@ class Scheduler:
                     "mrm",
                     group,
                     lambda a: a.mrm,
-                    lambda seqs, f=flag: mrm_model.rewards(seqs, conservative=f),  # type: ignore[misc]
+                    lambda seqs, f=flag: mrm_model.reward_rows(seqs, conservative=f),  # type: ignore[misc]
                 )
         return [
-            Reply(logits.get(id(s), _EMPTY), mrm.get(id(s), _EMPTY), guard.get(id(s), _EMPTY))
+            Reply(logits.get(id(s), _EMPTY), mrm.get(id(s), NO_REWARDS), guard.get(id(s), _EMPTY))
             for s in live
         ]
 
@@ -207,17 +211,24 @@ class Scheduler:
         role: str,
         searches: Sequence[_Search],
         rows_of: Callable[[Ask], tuple[TokenSequence, ...]],
-        call: Callable[[Sequence[TokenSequence]], Tensor],
-    ) -> dict[int, Tensor]:
-        """Run ``call`` once over every search's rows for ``role``; split the output back."""
+        call: Callable[[Sequence[TokenSequence]], Tensor | RewardRows],
+    ) -> dict[int, Any]:
+        """Run ``call`` once over every search's rows for ``role``; split the output back
+        (a tensor, CPU float32, or reward rows whose entries are charged to each search when
+        it reads them)."""
         parts = [(s, rows_of(s.ask)) for s in searches if rows_of(s.ask)]
         if not parts:
             return {}
         flat = [seq for _, rows in parts for seq in rows]
         payers = [s.ledgers[role] for s, rows in parts for _ in rows]
         with self.world.backends()[role].charged_to(payers):
-            out = call(flat).float().cpu()
+            out = call(flat)
         for s, rows in parts:
             s.asked[role] = s.asked.get(role, 0) + len(rows)
-        pieces = torch.split(out, [len(rows) for _, rows in parts])
+        sizes = [len(rows) for _, rows in parts]
+        pieces: Sequence[Tensor | RewardRows]
+        if isinstance(out, RewardRows):
+            pieces = out.split(sizes, [s.ledgers[role] for s, _ in parts])
+        else:
+            pieces = torch.split(out.float().cpu(), sizes)
         return {id(s): piece for (s, _), piece in zip(parts, pieces, strict=True)}
