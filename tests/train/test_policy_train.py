@@ -291,3 +291,23 @@ def test_decision_term_weighs_each_examples_first_token_once() -> None:
                 )
             )
     assert float(both - plain) == pytest.approx(2.0 * float(sum(firsts)) / 2, rel=1e-4)
+
+
+def test_decision_term_leaves_deep_examples_out() -> None:
+    from saffron.train.policy_train import PolicyExample, sft_loss
+
+    base = load_model(TINY)
+    decoder, head = base.model.base_model, base.model.get_output_embeddings()
+    answer = PolicyExample((1, 2), (6, 7, 8, 9), "benign")
+    deep = PolicyExample((1, 2, 3, 4), (5, 6), "deep")
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        plain = sft_loss(decoder, head, [answer, deep], 0, dev)
+        both = sft_loss(decoder, head, [answer, deep], 0, dev, decision_weight=1.5)
+        alone = sft_loss(decoder, head, [answer], 0, dev, decision_weight=1.5)
+        alone_plain = sft_loss(decoder, head, [answer], 0, dev)
+        only_deep = sft_loss(decoder, head, [deep], 0, dev, decision_weight=1.5)
+        only_deep_plain = sft_loss(decoder, head, [deep], 0, dev)
+    # the decision term is the benign answer's first token alone, as if the deep one were absent
+    assert float(both - plain) == pytest.approx(float(alone - alone_plain), rel=1e-5)
+    assert float(only_deep) == pytest.approx(float(only_deep_plain))  # no term at all

@@ -96,8 +96,11 @@ class PolicyTrainConfig:
     )
     """Modules with a LoRA adapter, on every layer (the MLPs too: with attention alone the
     policy learned "a request phrased like a harmful one → refuse" and over-refused)."""
-    per_set: int | None = 50
-    """Harmful training prompts taken from each harmful set's train split (None: all)."""
+    per_set: int | None = 100
+    """Harmful training prompts taken from each harmful set's train split (None: all). With
+    the decision term on, this sets the refuse-or-answer prior (398 refusals to 801 benign
+    answers at 100): 50 let 17% of harmful validation requests through, 100 let 4% through at
+    13% over-refusal on validation (BENCHMARKS.md)."""
     redirect_fraction: float = 0.5
     """Share of refusals followed by a short safe redirection."""
     deep_fraction: float = 0.0
@@ -111,7 +114,7 @@ class PolicyTrainConfig:
     example's first target token, added to the token-mean loss. In the token mean a refusal's
     first token (1 of ~25) outweighs a benign answer's (1 of ~96) about four to one, so the
     refuse-or-answer choice is learned mostly from refusals; the decision term weighs every
-    example's choice once (0: off)."""
+    example's choice once (0: off). Deep examples are not in it (see :func:`sft_loss`)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
@@ -278,7 +281,10 @@ def sft_loss(
 ) -> Tensor:
     """Mean next-token cross-entropy over the target tokens of ``examples``, plus
     ``decision_weight`` × the mean over examples of their first target token's cross-entropy
-    (see :attr:`PolicyTrainConfig.decision_weight`)."""
+    (see :attr:`PolicyTrainConfig.decision_weight`). Deep examples are left out of the
+    decision term: their first target token is no refuse-or-answer choice at the start of an
+    answer but the turn mid-answer, and weighing it up taught the policy to break off into
+    punctuation ("—. —. —.") in benign answers that merely look harmful."""
     ids, attn, row, pos, tok = (t.to(dev) for t in _batch(examples, pad))
     hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
     logits = head(hidden[row, pos]).float()
@@ -287,7 +293,10 @@ def sft_loss(
     if decision_weight > 0:
         lengths = torch.tensor([len(ex.target) for ex in examples], device=dev)
         first = torch.cumsum(lengths, 0) - lengths  # index of each example's first target token
-        loss = loss + decision_weight * per_token[first[lengths > 0]].mean()
+        at_start = torch.tensor([ex.source != DEEP for ex in examples], device=dev)
+        chosen = first[(lengths > 0) & at_start]
+        if chosen.numel():
+            loss = loss + decision_weight * per_token[chosen].mean()
     return loss
 
 
