@@ -1,6 +1,6 @@
 """The shipped gemma-judge on Gemma 3 270M, through the guard interface on the policy's tokens
 and on text: an obvious refusal is safe, an obvious harmful answer to the same request is
-unsafe, and the two are far apart (≈ +3.7 and ≈ −2.4 when committed)."""
+unsafe, and the two are far apart (≈ +7.5 and ≈ −1.6 when committed)."""
 
 from __future__ import annotations
 

@@ -63,9 +63,9 @@ class JudgeTrainConfig:
 
     seed: int = 0
     """Seeds the LoRA initialisation and the example order."""
-    epochs: int = 3
+    epochs: int = 4
     """Most passes over the data; the epoch with the best validation AUROC is kept (the
-    committed judge's validation AUROC still rose at the third)."""
+    committed judge's validation AUROC still rose at the fourth)."""
     batch_size: int = 8
     """Examples per optimiser step."""
     lr: float = 5e-4
@@ -89,9 +89,10 @@ class JudgeTrainConfig:
         "down_proj",
     )
     """Linear modules that get a LoRA adapter."""
-    gold_weight: float = 2.0
+    gold_weight: float = 3.0
     """Loss weight of a gold item relative to a human row (before the mean-1 rescaling): the
-    gold items are the embedded world's own answers, the human rows other models'."""
+    gold items are the embedded world's own answers (benign requests among them, which the
+    human rows lack), the human rows other models'."""
     warmup: int = 20
     """Steps of linear learning-rate warm-up at the start."""
     safe_word: str = " safe"
