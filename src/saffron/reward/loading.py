@@ -20,9 +20,12 @@ from saffron.runtime import CPU, RuntimeConfig
 
 ARTIFACTS = artifacts_dir()
 SMOL_GUARD = "smol-guard"
+SMOL_GUARD_ALIGNED = "smol-guard-aligned"
 LLAMA_GUARD = "meta-llama/Llama-Guard-3-1B"
 GUARDS = {
     SMOL_GUARD: "SmolLM2-135M + LoRA trained by Saffron (embedded, offline), reads every position",
+    SMOL_GUARD_ALIGNED: "the same, trained on the aligned world (`train-guard --world aligned`: "
+    "the aligned policies' answers, the gold train part and human rows; embedded, offline)",
     GEMMA_JUDGE: "the independent judge: Gemma 3 270M + LoRA trained on human-read labels only "
     "(embedded, offline; reads text; Gemma Terms of Use)",
     LLAMA_GUARD: "Llama Guard 3 1B (the paper's guard; gated, online)",
@@ -39,7 +42,8 @@ def load_guard(
     *,
     runtime: RuntimeConfig = CPU,
 ) -> Guard:
-    """A guard by name: ``smol-guard``, ``gemma-judge``, ``meta-llama/Llama-Guard-3-1B``, or a
+    """A guard by name: ``smol-guard``, ``smol-guard-aligned``, ``gemma-judge``,
+    ``meta-llama/Llama-Guard-3-1B``, or a
     local folder holding a smol-guard-style adapter (``adapter_config.json`` + ``meta.json``) or
     a judge written by ``saffron train-judge`` (its meta says ``kind: judge``).
 
@@ -49,8 +53,9 @@ def load_guard(
     """
     if is_judge_folder(name):
         return load_judge(name, policy_tokenizer, runtime=runtime)
-    if name == SMOL_GUARD or (Path(name) / "meta.json").is_file():
-        folder = adapter_dir(SMOL_GUARD) if name == SMOL_GUARD else Path(name)
+    embedded = name in (SMOL_GUARD, SMOL_GUARD_ALIGNED)
+    if embedded or (Path(name) / "meta.json").is_file():
+        folder = adapter_dir(name) if embedded else Path(name)
         meta = (
             json.loads((folder / "meta.json").read_text())
             if (folder / "meta.json").is_file()
