@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from speed import ceiling, clear, embedded_world, prompts, stems, tiny_world
+from speed import add_world_args, ceiling, clear, embedded_world, prompts, stems, tiny_world
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import saffron.lm.backend as backend_mod
@@ -215,18 +215,7 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=8, help="steps run before measuring")
     ap.add_argument("--steps", type=int, default=4, help="steps measured")
     ap.add_argument("--rows", type=int, default=15)
-    ap.add_argument("--ceiling-batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--stem-min-mib",
-        type=float,
-        default=None,
-        help="share stems in forwards saving at least this many MiB of gathered KV "
-        "(saffron.lm.stem; default: the backend's setting)",
-    )
-    ap.add_argument("--policy", default="smol-aligned")
-    ap.add_argument("--mrm", default="smol-mrm")
-    ap.add_argument("--tiny", action="store_true")
+    add_world_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     world = tiny_world() if args.tiny else embedded_world(args.policy, args.mrm)

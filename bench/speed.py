@@ -89,6 +89,23 @@ def stems(world: World, min_mib: float | None) -> None:
             b.stem_min_bytes = int(min_mib * 2**20)
 
 
+def add_world_args(ap: argparse.ArgumentParser) -> None:
+    """The options the speed benches share: the ceiling's batch, threads, shared stems, and
+    the world measured (the embedded policy and MRM, or the tiny random model)."""
+    ap.add_argument("--ceiling-batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--stem-min-mib",
+        type=float,
+        default=None,
+        help="share stems in forwards saving at least this many MiB of gathered KV "
+        "(saffron.lm.stem; default: the backend's setting)",
+    )
+    ap.add_argument("--policy", default="smol-aligned")
+    ap.add_argument("--mrm", default="smol-mrm")
+    ap.add_argument("--tiny", action="store_true", help="smoke run on the tiny random model")
+
+
 def clear(world: World) -> None:
     for b in world.backends().values():
         b.clear()
@@ -257,18 +274,7 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs=3, default=[4, 16, 64], metavar="N")
     ap.add_argument("--new-tokens", type=int, nargs=3, default=[32, 64, 128], metavar="T")
     ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 16], metavar="K")
-    ap.add_argument("--ceiling-batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--stem-min-mib",
-        type=float,
-        default=None,
-        help="share stems in forwards saving at least this many MiB of gathered KV "
-        "(saffron.lm.stem; default: the backend's setting)",
-    )
-    ap.add_argument("--policy", default="smol-aligned")
-    ap.add_argument("--mrm", default="smol-mrm")
-    ap.add_argument("--tiny", action="store_true", help="smoke run on the tiny random model")
+    add_world_args(ap)
     ap.add_argument("--out", default="bench/results/speed")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ def test_visit_writes_pools_under_the_start_and_resumes(models, ids, table, tmp_
         PromptRow("s-3", "x"),
     ]
     starts = {"s-1": tuple(chat.encode("Sure, step")), "s-2": tuple(chat.encode("Ok"))}
-    cfg = VisitConfig(budget=3, prefill_tokens=4, max_new_tokens=4, min_new_tokens=4)
+    cfg = VisitConfig(SearchConfig(budget=3, max_new_tokens=4, min_new_tokens=4), prefill_tokens=4)
     path = tmp_path / "visited.jsonl"
     items = visit(world, rows, starts, path, cfg)
     assert {it.id.split(":visited:")[0] for it in items} == {"s-1", "s-2"}  # s-3: no start

@@ -407,7 +407,7 @@ def _add_visit(sub: argparse._SubParsersAction) -> None:
     from saffron.reward.mrm_load import SMOL_MRM
     from saffron.train.visited import VisitConfig
 
-    d = VisitConfig
+    d = VisitConfig()
     vi = sub.add_parser(
         "visit",
         help="the states Saffron reaches on training prompts, as a corpus to label (DAgger)",
@@ -419,11 +419,11 @@ def _add_visit(sub: argparse._SubParsersAction) -> None:
     vi.add_argument("--policy", default=ALIGNED, help="the policy the search runs")
     vi.add_argument("--mrm", default=SMOL_MRM, help="the MRM that guides it")
     vi.add_argument("--per-set", type=integer, default=40, help="train prompts per harmful set")
-    vi.add_argument("--budget", type=integer, default=d.budget, help="Saffron's width N")
+    vi.add_argument("--budget", type=integer, default=d.search.budget, help="Saffron's width N")
     vi.add_argument("--prefill", type=integer, default=d.prefill_tokens, help="K of the prefill")
-    vi.add_argument("--max-new-tokens", type=integer, default=d.max_new_tokens)
+    vi.add_argument("--max-new-tokens", type=integer, default=d.search.max_new_tokens)
     vi.add_argument("--concurrency", type=integer, default=d.concurrency, metavar="K")
-    vi.add_argument("--seed", type=integer, default=d.seed)
+    vi.add_argument("--seed", type=integer, default=d.search.seed)
     vi.add_argument("--out", default=None, help="corpus file (default: in the user cache)")
     search_rule(vi, guard_cost=False)
     add_runtime(vi)
@@ -434,21 +434,19 @@ def cmd_visit(args: argparse.Namespace) -> int:
     from saffron.lm.policy import make_policy
     from saffron.paths import cache_dir
     from saffron.reward.mrm_load import load_mrm
-    from saffron.search import World
+    from saffron.search import SearchConfig, World
     from saffron.train.corpus import training_prompts
     from saffron.train.visited import VisitConfig, visit
 
-    cfg = VisitConfig(
+    search = SearchConfig(  # a bad budget or rule fails here, before any model loads
         budget=args.budget,
-        prefill_tokens=args.prefill,
         max_new_tokens=args.max_new_tokens,
-        min_new_tokens=min(VisitConfig.min_new_tokens, args.max_new_tokens),
+        min_new_tokens=min(SearchConfig.min_new_tokens, args.max_new_tokens),
+        seed=args.seed,
         logp_weight=args.logp_weight,
         logp_floor=args.logp_floor,
-        seed=args.seed,
-        concurrency=args.concurrency,
     )
-    cfg.search()  # a bad budget or rule fails before any model loads
+    cfg = VisitConfig(search, prefill_tokens=args.prefill, concurrency=args.concurrency)
     rt = runtime(args)
     rows = training_prompts(args.seed, args.per_set)
     starts, _ = train_data.harmful_starts(rows, rt)

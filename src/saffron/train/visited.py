@@ -21,7 +21,7 @@ not searched again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from saffron.data import PromptRow
@@ -37,26 +37,13 @@ VISITED = "search-visited"
 
 @dataclass(frozen=True)
 class VisitConfig:
-    """Settings of ``saffron visit`` (the search is the evaluation's: Saffron-1, paper
-    defaults)."""
+    """Settings of ``saffron visit``."""
 
-    budget: int = 16
-    """Saffron's width N: the states kept per prompt."""
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(budget=16))
+    """The search whose states are kept (Saffron-1, the evaluation's settings; budget = N,
+    the states kept per prompt). Its final pool is kept whatever ``options`` say."""
     prefill_tokens: int = 10
     """K of the harmful prefill (the first K tokens of the base policy's compliant answer)."""
-    max_new_tokens: int = 32
-    """Longest response, in new tokens (the paper's 32)."""
-    min_new_tokens: int = 16
-    """Stop tokens are forbidden before this many new tokens (the paper's 16)."""
-    top_p: float = 0.8
-    """Nucleus of Saffron's children (the paper's 0.8)."""
-    logp_weight: float = 0.0
-    """β of the selection rule (0: the paper's): visit the states the search to be fixed
-    visits."""
-    logp_floor: float | None = None
-    """δ of the selection rule (None: none)."""
-    seed: int = 0
-    """Seeds the search."""
     concurrency: int = 8
     """Searches stepped together by the scheduler."""
 
@@ -65,19 +52,6 @@ class VisitConfig:
             raise SaffronError(f"prefill_tokens must be ≥ 0, got {self.prefill_tokens}")
         if self.concurrency < 1:
             raise SaffronError(f"concurrency must be ≥ 1, got {self.concurrency}")
-
-    def search(self) -> SearchConfig:
-        """The search's settings, with its final pool kept."""
-        return SearchConfig(
-            budget=self.budget,
-            max_new_tokens=self.max_new_tokens,
-            min_new_tokens=self.min_new_tokens,
-            top_p=self.top_p,
-            seed=self.seed,
-            options=(("keep_pool", True),),
-            logp_weight=self.logp_weight,
-            logp_floor=self.logp_floor,
-        )
 
 
 def pool_items(row: PromptRow, result: SearchResult, chat: ChatFormat) -> list[CorpusItem]:
@@ -124,12 +98,12 @@ def visit(
     done = {item.id.split(":visited:")[0] for item in read_corpus(path)}
     todo = [r for r in rows if r.id in starts and r.id not in done]
     chat = world.policy.chat
-    search = cfg.search()
+    search = replace(cfg.search, options=(*cfg.search.options, ("keep_pool", True)))
     by_key = {r.id: r for r in todo}
     sched = Scheduler(world, max_searches=cfg.concurrency)
     for row in todo:
         start = starts[row.id][: cfg.prefill_tokens]
-        seq = chat.sequence(row.prompt, prefill_tokens=start, reserve=cfg.max_new_tokens)
+        seq = chat.sequence(row.prompt, prefill_tokens=start, reserve=search.max_new_tokens)
         sched.submit(row.id, "saffron", seq, search)
     for fin in sched.run():
         if fin.error is not None:
