@@ -17,6 +17,7 @@ from saffron.train.label import (
     LABEL_FORMAT,
     LabelConfig,
     label_corpus,
+    load_tokenizer,
     read_label_sets,
     read_labels,
     read_shard,
@@ -185,3 +186,19 @@ def test_label_sets_of_other_guard_weights_or_repeated_items_are_refused(
         read_label_sets([tmp_path / "la", tmp_path / "lw"])
     with pytest.raises(SaffronError, match="no label folder given"):
         read_label_sets([])
+
+
+def test_load_tokenizer_of_a_trained_policy_is_its_base_s(tmp_path: Path) -> None:
+    """`saffron label --policy smol-aligned` labels the tokens of an adapter policy: its
+    tokenizer is the base's, found through the adapter's meta.json without loading weights."""
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (folder / "meta.json").write_text(
+        json.dumps({"kind": "policy", "base": "tiny-random-llama"}), encoding="utf-8"
+    )
+    base = load_tokenizer("tiny-random-llama")
+    assert vocab_hash(load_tokenizer(str(folder))) == vocab_hash(base)
+    (folder / "meta.json").write_text(json.dumps({"kind": "policy"}), encoding="utf-8")
+    with pytest.raises(SaffronError, match=r"meta\.json is corrupt"):
+        load_tokenizer(str(folder))

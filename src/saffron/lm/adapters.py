@@ -85,9 +85,9 @@ def merge_lora(base: LoadedModel, folder: Path, name: str, *, error: str) -> Loa
     return LoadedModel(name=name, model=merged, tokenizer=base.tokenizer)
 
 
-def load_policy_adapter(name: str, runtime: RuntimeConfig = CPU) -> LoadedModel:
-    """A policy written by ``saffron train-policy`` (an embedded name such as ``smol-aligned``,
-    or its folder): the base named in its ``meta.json`` with the adapter merged in."""
+def policy_base(name: str) -> str:
+    """The registry name of the base model under a policy written by ``saffron train-policy``
+    (an embedded name such as ``smol-aligned``, or its folder), from its ``meta.json``."""
     folder = artifact_folder(name)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
@@ -100,4 +100,12 @@ def load_policy_adapter(name: str, runtime: RuntimeConfig = CPU) -> LoadedModel:
         base = str(meta["base"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise SaffronError(f"the policy {name}'s meta.json is corrupt: {err}") from err
+    return base
+
+
+def load_policy_adapter(name: str, runtime: RuntimeConfig = CPU) -> LoadedModel:
+    """A policy written by ``saffron train-policy`` (an embedded name such as ``smol-aligned``,
+    or its folder): the base named in its ``meta.json`` with the adapter merged in."""
+    base = policy_base(name)
+    folder = artifact_folder(name)
     return merged_adapter(base, folder, name, trainer="train-policy", runtime=runtime)

@@ -151,7 +151,7 @@ def known_names() -> list[str]:
     return list(REGISTRY)
 
 
-def _is_adapter_folder(name: str) -> bool:
+def is_adapter_folder(name: str) -> bool:
     """A local folder holding a policy adapter written by ``saffron train-policy`` (its meta says
     ``kind: policy``; a guard or MRM folder is not a policy)."""
     folder = Path(name).expanduser()
@@ -188,7 +188,7 @@ def load_model(
     }
     if name in loaders:
         model, tok = loaders[name]()
-    elif name in EMBEDDED_POLICIES or _is_adapter_folder(name):
+    elif name in EMBEDDED_POLICIES or is_adapter_folder(name):
         from saffron.lm.adapters import load_policy_adapter  # adapters builds on this module
 
         loaded = load_policy_adapter(name, runtime)

@@ -47,7 +47,14 @@ from saffron.cluster import ClusterConfig, Workers
 from saffron.errors import SaffronError
 from saffron.files import read_format, sha256_file, write_json, write_with
 from saffron.lm.batching import batches
-from saffron.lm.models import SMOLLM2, TINY, byte_tokenizer, ensure_smollm2
+from saffron.lm.models import (
+    EMBEDDED_POLICIES,
+    SMOLLM2,
+    TINY,
+    byte_tokenizer,
+    ensure_smollm2,
+    is_adapter_folder,
+)
 from saffron.lm.vocab import vocab_hash
 from saffron.reward.base import Guard
 from saffron.runtime import CPU, RuntimeConfig
@@ -92,7 +99,12 @@ class LabelledItem:
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model name, without loading its weights."""
+    """The tokenizer of a model name, without loading its weights (a trained policy such as
+    ``smol-aligned`` has its base's tokenizer)."""
+    if name in EMBEDDED_POLICIES or is_adapter_folder(name):
+        from saffron.lm.adapters import policy_base  # adapters loads models; only here
+
+        return load_tokenizer(policy_base(name))
     if name == TINY:
         return byte_tokenizer()
     path = str(ensure_smollm2()) if name == SMOLLM2 else name
