@@ -16,6 +16,8 @@ from saffron.data.prompts import (
     list_datasets,
     load_prompts,
     read_jsonl,
+    rows_of_sets,
+    rows_of_split,
     split_key,
     train_eval_split,
 )
@@ -341,3 +343,33 @@ def test_registered_name_wins_over_file(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(SaffronError) as err:
         load_prompts("advbench")
     assert str(err.value) == fetch.SETUP_HINT
+
+
+@real
+def test_several_sets_are_interleaved() -> None:
+    adv, hb = rows_of_split("advbench", "eval"), rows_of_split("harmbench", "eval")
+    both = rows_of_sets("advbench,harmbench", "eval")
+    assert len(both) == len(adv) + len(hb)
+    assert both[:4] == [adv[0], hb[0], adv[1], hb[1]]
+    assert [r for r in both if r.source == "advbench"] == adv  # each set's order kept
+    assert rows_of_sets("advbench", "eval") == adv
+    assert not {r.id for r in both} & {r.id for r in rows_of_sets("advbench,harmbench", "train")}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("advbench,", "empty set name in 'advbench,'"),
+        ("advbench,advbench", "a set is named twice in 'advbench,advbench'"),
+    ],
+)
+def test_several_sets_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises(SaffronError, match=f"^{message}$"):
+        rows_of_sets(spec, "eval")
+
+
+def test_several_files_with_the_same_ids(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text('{"id": "x", "prompt": "p"}\n', encoding="utf-8")
+    with pytest.raises(SaffronError, match=r"row ids repeat across the sets of .* \(e\.g\. x\)"):
+        rows_of_sets(f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}", "all")

@@ -59,7 +59,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         epilog="example: saffron eval --dataset advbench --methods greedy,best-of-n,saffron "
         "--budgets 1,2,4 --attack prefill:10 --limit 20 --out runs/adv",
     )
-    ev.add_argument("--dataset", required=True, help="a name from `saffron datasets` or a .jsonl")
+    ev.add_argument(
+        "--dataset",
+        required=True,
+        help="a name from `saffron datasets`, several with commas (rows interleaved), or a .jsonl",
+    )
     ev.add_argument("--methods", required=True, type=names, help="comma-separated method names")
     ev.add_argument("--budgets", default=BUDGETS, type=budgets, help="comma-separated, e.g. 1,2,4")
     ev.add_argument(

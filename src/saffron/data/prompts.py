@@ -493,3 +493,32 @@ def rows_of_split(dataset: str, split: str) -> list[PromptRow]:
         return rows if split == "eval" else []
     train, held = train_eval_split(rows, EVAL_FRACTION, seed=0, by="prompt")
     return held if split == "eval" else train
+
+
+def rows_of_sets(spec: str, split: str) -> list[PromptRow]:
+    """The rows of ``split`` of one set, or of several named with commas (``advbench,harmbench,
+    strongreject``): interleaved one row of each set in turn, so that the first n rows (``--limit
+    n``) and every ``--shard`` draw on all the sets alike.
+
+    Raises SaffronError for an empty name, a set named twice or a row id found in two sets.
+    """
+    names = [n.strip() for n in spec.split(",")]
+    if len(names) == 1:
+        return rows_of_split(names[0], split)
+    if any(not n for n in names):
+        raise SaffronError(f"empty set name in {spec!r}")
+    if len(set(names)) < len(names):
+        raise SaffronError(f"a set is named twice in {spec!r}")
+    per_set = [rows_of_split(n, split) for n in names]
+    mixed = [
+        r
+        for i in range(max(map(len, per_set)))
+        for rows in per_set
+        if i < len(rows)
+        for r in [rows[i]]
+    ]
+    ids = [r.id for r in mixed]
+    if len(set(ids)) < len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise SaffronError(f"row ids repeat across the sets of {spec!r} (e.g. {twice[0]})")
+    return mixed

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from saffron.data import PromptRow, is_refusal
-from saffron.data.prompts import dataset_names, rows_of_split
+from saffron.data.prompts import dataset_names, rows_of_sets
 from saffron.errors import SaffronError
 from saffron.eval.attack import AnswerConfig, Attack, answers_path, parse_attack, read_answers
 from saffron.eval.records import JsonlLog, claim_dir, record_key
@@ -186,7 +186,7 @@ def weights_of(cfg: EvalConfig) -> dict[str, str | None]:
 
 
 def select_rows(cfg: EvalConfig) -> list[PromptRow]:
-    rows = rows_of_split(cfg.dataset, cfg.split)
+    rows = rows_of_sets(cfg.dataset, cfg.split)
     return rows[: cfg.limit] if cfg.limit else rows
 
 
@@ -328,7 +328,12 @@ def _harmful_answers(
     :func:`~saffron.eval.attack.write_harmful_answers`, appended to the run's file per batch."""
     if not rows:
         return {}
-    committed = read_answers(answers_path(cfg.dataset)) if cfg.dataset in dataset_names() else {}
+    committed = {  # every named set's committed answers (ids are unique across sets)
+        pid: answer
+        for name in cfg.dataset.split(",")
+        if name.strip() in dataset_names()
+        for pid, answer in read_answers(answers_path(name.strip())).items()
+    }
     found = {
         r.id: committed[r.id].text
         for r in rows
