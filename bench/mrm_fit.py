@@ -8,10 +8,16 @@ fraction of predictions within ±1 of the guard, and the share of positions whos
 MRM never saw in training (those would be −∞ in a search). A sample of training items is scored
 too, to show the gap between fit and generalisation.
 
+Held-out items are reported twice more, split by kind: corpus responses (sampled from the
+policy) and search-visited states (the final pools of ``saffron visit``), because a search
+queries the MRM on the latter. ``--fresh DIR`` scores a label folder the MRM never trained on,
+such as the states a search guided by *this* MRM reached: the distribution it is queried on.
+
 Usage::
 
-    python bench/mrm_fit.py [--mrm smol-mrm] [--labels DIR] [--train-sample 200]
-                            [--max-items N] [--png bench/results/mrm_fit.png]
+    python bench/mrm_fit.py [--mrm smol-mrm] [--labels DIR[,DIR...]] [--fresh DIR]
+                            [--train-sample 200] [--max-items N]
+                            [--png bench/results/mrm_fit.png]
 
 Prints a markdown table and writes the scatter plot (guard reward vs MRM prediction).
 """
@@ -35,8 +41,9 @@ from saffron.errors import SaffronError
 from saffron.paths import cache_dir
 from saffron.reward.mrm import MRM
 from saffron.reward.mrm_load import load_mrm
-from saffron.train.label import LabelledItem, read_labels
+from saffron.train.label import LabelledItem, read_label_sets, read_labels
 from saffron.train.mrm_train import split
+from saffron.train.visited import VISITED
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -106,7 +113,12 @@ def scatter(y: np.ndarray, p: np.ndarray, title: str, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mrm", default="smol-mrm", help="MRM name or folder (saffron train-mrm)")
-    ap.add_argument("--labels", default=None, help="label folder (default: the MRM's own)")
+    ap.add_argument(
+        "--labels", default=None, help="label folder(s), comma-separated (default: the MRM's own)"
+    )
+    ap.add_argument(
+        "--fresh", default=None, help="a label folder the MRM never trained on, scored whole"
+    )
     ap.add_argument("--train-sample", type=int, default=200, help="training items to score")
     ap.add_argument("--max-items", type=int, default=None, help="cap on held-out items")
     ap.add_argument("--png", default=str(RESULTS / "mrm_fit.png"))
@@ -115,12 +127,13 @@ def main() -> int:
     t0 = time.perf_counter()
     mrm = load_mrm(args.mrm)
     # the MRM's meta names its label folder inside the user cache (never a machine path)
-    labels = (
-        Path(args.labels).expanduser()
+    folders = (
+        [Path(f).expanduser() for f in args.labels.split(",")]
         if args.labels
-        else cache_dir() / "labels" / str(mrm.meta.get("labels", ""))
+        else [cache_dir() / "labels" / str(mrm.meta.get("labels", ""))]
     )
-    meta, items = read_labels(labels)
+    labels = ",".join(str(f) for f in folders)
+    meta, items = read_label_sets(folders)
     if meta.get("policy_vocab_hash") != mrm.meta.get("policy_vocab_hash"):
         raise SaffronError(f"the labels in {labels} are for another tokenizer than {args.mrm}")
     split_info = mrm.meta.get("split")
@@ -128,8 +141,19 @@ def main() -> int:
     train, held = split(items, holdout)
     held = held[: args.max_items] if args.max_items else held
     sample = random.Random(0).sample(train, min(args.train_sample, len(train)))
+    parts = [("held-out", held), ("train sample", sample)]
+    if any(it.kind == VISITED for it in held):
+        parts[1:1] = [
+            ("held-out, corpus responses", [it for it in held if it.kind != VISITED]),
+            ("held-out, search-visited", [it for it in held if it.kind == VISITED]),
+        ]
+    if args.fresh:
+        fresh_meta, fresh = read_labels(Path(args.fresh).expanduser())
+        if fresh_meta.get("guard_weights") != meta.get("guard_weights"):
+            raise SaffronError(f"the labels in {args.fresh} are by another guard than {labels}")
+        parts.append((f"never trained on: {Path(args.fresh).name}", fresh))
     rows, y_held, p_held = [], np.zeros(0), np.zeros(0)
-    for name, part in (("held-out", held), ("train sample", sample)):
+    for name, part in parts:
         if not part:
             continue
         y, p, unseen = predict(mrm, part)

@@ -97,12 +97,19 @@ def test_unseen_mask_is_built_from_training_responses_only() -> None:
 
 
 def test_split_is_deterministic_and_keeps_prompt_groups_together() -> None:
-    ids = [f"advbench-{i:04d}/{k}" for i in range(400) for k in ("policy", "prefill")]
-    held = [i for i in ids if is_heldout(i, 0.1)]
-    assert 0.05 < len(held) / len(ids) < 0.15
-    assert held == [i for i in ids if is_heldout(i, 0.1)]
-    groups = {i.split("/")[0] for i in held}
-    assert all(is_heldout(f"{g}/refusal", 0.1) for g in groups)
+    # every response to one prompt on one side, whatever the ids (corpus, aligned, visited)
+    prompts = [(7, i, i // 7) for i in range(400)]
+    kinds = ("advbench-{i}/policy", "smol-aligned/advbench-{i}/k5", "advbench-{i}:visited:3")
+    items = [
+        LabelledItem(k.format(i=i), "policy", True, p, (1,), np.zeros(1, dtype=np.float32))
+        for i, p in enumerate(prompts)
+        for k in kinds
+    ]
+    held = [it for it in items if is_heldout(it, 0.1)]
+    assert 0.05 < len(held) / len(items) < 0.15
+    assert held == [it for it in items if is_heldout(it, 0.1)]
+    for it in held:
+        assert sum(other.prompt == it.prompt for other in held) == len(kinds)
     items = [item(i, (1,), (2,)) for i in range(50)] + [item(99, (1,), ())]
     train, hold = split(items, 0.3)
     assert len(train) + len(hold) == 50  # the empty response is dropped

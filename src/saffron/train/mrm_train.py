@@ -105,18 +105,20 @@ class MRMTrainConfig:
             raise SaffronError(f"max_steps must be positive, got {self.max_steps}")
 
 
-def is_heldout(item_id: str, fraction: float) -> bool:
-    """Whether an item is held out: a stable hash of its prompt group (id before ``/``)."""
-    group = item_id.split("/", 1)[0]
-    return unit_hash(group.encode()) < fraction
+def is_heldout(item: LabelledItem, fraction: float) -> bool:
+    """Whether an item is held out: a stable hash of its prompt's token ids, so that every
+    response to one prompt (sampled, prefilled, search-visited, under any policy) is on the
+    same side whatever its id looks like."""
+    key = ",".join(str(t) for t in item.prompt)
+    return unit_hash(key.encode()) < fraction
 
 
 def split(items: list[LabelledItem], fraction: float) -> tuple[list[LabelledItem], ...]:
     """(train, held-out); items with an empty response are dropped (nothing to supervise)."""
     live = [it for it in items if it.response]
     return (
-        [it for it in live if not is_heldout(it.id, fraction)],
-        [it for it in live if is_heldout(it.id, fraction)],
+        [it for it in live if not is_heldout(it, fraction)],
+        [it for it in live if is_heldout(it, fraction)],
     )
 
 
@@ -295,7 +297,10 @@ def train_mrm(
         "layout": layout.to_dict(),
         "vocab_size": trainer.vocab,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-        "split": {"rule": "sha256(id before '/')[:8] / 16**8 < holdout", "holdout": cfg.holdout},
+        "split": {
+            "rule": "sha256(prompt token ids, comma-joined)[:8] / 16**8 < holdout",
+            "holdout": cfg.holdout,
+        },
         "train_items": len(train),
         "train_tokens": sum(len(it.response) for it in train),
         "heldout_items": len(held),
