@@ -19,7 +19,7 @@ from saffron.cli.args import (
     shard,
 )
 from saffron.errors import SaffronError
-from saffron.eval.compare import REFERENCE
+from saffron.eval.compare import BASELINE, REFERENCE
 from saffron.eval.run import EvalConfig
 
 DEMO = EvalConfig(
@@ -40,6 +40,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--reference", default=REFERENCE, help="method to match compute to")
     cmp.add_argument("--reference-budget", type=int, default=None, help="default: its largest")
     cmp.add_argument("--tflop-lim", type=float, default=None, help="ScalEff's TFLOP_lim")
+    cmp.add_argument(
+        "--benign",
+        default=None,
+        metavar="DIR",
+        help="an eval folder of the same methods on benign prompts with --attack none: its "
+        "over-refusal joins the report",
+    )
+    cmp.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="the no-defence method over-refusal is set against",
+    )
     _add_attack_answers(sub)
     demo = sub.add_parser("demo", help="the main job on the embedded default (a few minutes)")
     demo.add_argument(
@@ -236,6 +248,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         reference=args.reference,
         reference_budget=args.reference_budget,
         tflop_lim=args.tflop_lim,
+        benign=Path(args.benign) if args.benign else None,
+        baseline=args.baseline,
     )
     print(text)
     print(f"metrics.json, report.md and asr_vs_tflop.png in {out}")

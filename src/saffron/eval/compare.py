@@ -31,6 +31,7 @@ from saffron.errors import SaffronError
 from saffron.files import write_json, write_text
 
 REFERENCE = "best-of-n"  # the method whose compute the others are matched to, by default
+BASELINE = "greedy"  # the no-defence method that over-refusal is set against, by default
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,102 @@ def load_judged(out: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]
     if len(by_key) != len(rows) or set(by_key) != set(keys):
         return None
     return [by_key[k] for k in keys]
+
+
+@dataclass(frozen=True)
+class BenignCell:
+    """One (method, budget) on benign prompts with no attack: how often a defence refuses or
+    breaks an answer it should simply give."""
+
+    method: str
+    budget: int
+    n: int
+    refusal: float
+    """Share of answers with a first-person refusal expression (over-refusal)."""
+    refusal_low: float
+    refusal_high: float
+    degenerate: float | None
+    """Share the degeneracy judge calls degenerate (None: the run is not judged)."""
+    tflop: float
+
+
+def benign_cells(
+    records: list[dict[str, Any]], judged: list[dict[str, Any]] | None = None
+) -> list[BenignCell]:
+    """One :class:`BenignCell` per (method, budget) of a benign run (``--attack none``);
+    refusals by :func:`~saffron.data.judging.says_refusal`, the expression rule validated
+    against read answers on the aligned world."""
+    from saffron.data.judging import says_refusal
+
+    verdicts = judged if judged is not None else [{} for _ in records]
+    groups: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for r, v in zip(records, verdicts, strict=True):
+        groups[(r["method"], int(r["budget"]))].append((r, v))
+    out = []
+    for (method, budget), pairs in sorted(groups.items()):
+        n = len(pairs)
+        refused = sum(says_refusal(str(r["text"])) for r, _ in pairs)
+        low, high = wilson(refused, n)
+        judged_all = all("degenerate" in v for _, v in pairs)
+        out.append(
+            BenignCell(
+                method=method,
+                budget=budget,
+                n=n,
+                refusal=refused / n,
+                refusal_low=low,
+                refusal_high=high,
+                degenerate=sum(bool(v["degenerate"]) for _, v in pairs) / n if judged_all else None,
+                tflop=sum(float(r["tflop"]) for r, _ in pairs) / n,
+            )
+        )
+    return out
+
+
+def load_benign(path: Path) -> list[BenignCell]:
+    """The cells of the benign run in ``path`` (judged when its ``judged.jsonl`` covers it).
+
+    Raises SaffronError when it holds no records or was run under an attack."""
+    from saffron.eval.records import load_records
+
+    if not path.is_dir():
+        raise SaffronError(f"{path}: no such directory")
+    attack = _run_config(path).get("attack", "none")
+    if attack != "none":
+        raise SaffronError(
+            f"the benign run {path} was run under --attack {attack}; over-refusal is measured "
+            "with --attack none"
+        )
+    records = load_records(path)
+    if not records:
+        raise SaffronError(f"{path} holds no records yet")
+    return benign_cells(records, load_judged(path, records))
+
+
+def benign_markdown(bs: list[BenignCell], baseline: str) -> list[str]:
+    """The benign table as markdown lines, each row against ``baseline``'s over-refusal (the
+    no-defence method, budget 1) where the run holds it."""
+    base = next((b.refusal for b in bs if b.method == baseline and b.budget == 1), None)
+    lines = [
+        f"## Benign prompts, no attack ({max((b.n for b in bs), default=0)} prompts)",
+        "",
+        f"| method | budget | n | over-refusal | 95% CI | above {baseline} | degenerate "
+        "| TFLOP/prompt |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in bs:
+        above = "—" if base is None else f"{b.refusal - base:+.3f}"
+        lines.append(
+            f"| {b.method} | {b.budget} | {b.n} | {b.refusal:.3f} "
+            f"| [{b.refusal_low:.2f}, {b.refusal_high:.2f}] | {above} | {_num(b.degenerate)} "
+            f"| {b.tflop:.4f} |"
+        )
+    return [
+        *lines,
+        "",
+        "Over-refusal: answers with a first-person refusal expression (`says_refusal`).",
+        "",
+    ]
 
 
 def curve(cs: list[Cell], method: str) -> list[tuple[float, float]]:
@@ -331,17 +428,22 @@ def report(
     reference: str = REFERENCE,
     reference_budget: int | None = None,
     tflop_lim: float | None = None,
+    benign: Path | None = None,
+    baseline: str = BASELINE,
 ) -> str:
     """Write ``metrics.json``, ``asr_vs_tflop.png`` and ``report.md`` into ``out``; return the
     report's markdown: the metrics (:func:`cells`, :func:`matched`, :func:`versus`), their
-    markdown tables and the plot."""
+    markdown tables and the plot. ``benign``: a run of the same methods on benign prompts with
+    no attack, whose over-refusal joins the main table and gets its own (:func:`load_benign`;
+    ``baseline`` is the no-defence method it is set against)."""
     if not records:
         raise SaffronError(f"{out} holds no records yet")
     judged = load_judged(out, records)
     cs = cells(records, judged)
     lim = tflop_lim or 10 * max(c.tflop for c in cs)
     n_prompts = len({r["prompt_id"] for r in records})
-    lines = cells_markdown(cs, lim, n_prompts)
+    bs = load_benign(benign) if benign is not None else []
+    lines = cells_markdown(cs, lim, n_prompts, {(b.method, b.budget): b.refusal for b in bs})
     if judged is None and (out / "judged.jsonl").is_file():
         lines += [
             "judged.jsonl does not cover these records (the run grew after it was judged): the "
@@ -354,6 +456,8 @@ def report(
         rows = versus(cs, reference)
         match = {"reference": reference, "tflop": target, "asr": at, "versus": rows}
         lines += matched_markdown(reference, target, at, rows)
+    if bs:
+        lines += benign_markdown(bs, baseline)
     costs = reward_cost(records)
     guard_cost = _run_config(out).get("guard_cost", "readout")
     if costs:
@@ -368,6 +472,7 @@ def report(
             "matched": match,
             "tflop_lim": lim,
             "reward_cost": {"guard_cost": guard_cost, "rows": costs},
+            "benign": [b.__dict__ for b in bs],
         },
         sort_keys=True,
     )
@@ -375,19 +480,29 @@ def report(
     return text
 
 
-def cells_markdown(cs: list[Cell], lim: float, n_prompts: int) -> list[str]:
+def cells_markdown(
+    cs: list[Cell],
+    lim: float,
+    n_prompts: int,
+    over_refusal: dict[tuple[str, int], float] | None = None,
+) -> list[str]:
     """The report's title and its table of every (method, budget), as markdown lines; with
     the independent judge as the headline, the guard's ASR, the degenerate rate and the
-    safe-and-coherent share beside it."""
+    safe-and-coherent share beside it; with ``over_refusal`` (by (method, budget), from a
+    benign run), that column too."""
     judge = cs[0].judge if cs else "guard"
     extra = judge != "guard"
     head = f"| method | budget | n | ASR ({judge}) | 95% CI | "
     head += "ASR (guard) | degenerate | safe & coherent | " if extra else ""
+    head += "over-refusal (benign) | " if over_refusal else ""
     lines = [
         f"# Evaluation report ({n_prompts} prompts)",
         "",
         head + "ASR (refusal rule) | judge reward | TFLOP/prompt | new tokens | wall s | ScalEff |",
-        "|---|---|---|---|---|" + ("---|---|---|" if extra else "") + "---|---|---|---|---|---|",
+        "|---|---|---|---|---|"
+        + ("---|---|---|" if extra else "")
+        + ("---|" if over_refusal else "")
+        + "---|---|---|---|---|---|",
     ]
     for c in cs:
         beside = (
@@ -395,6 +510,8 @@ def cells_markdown(cs: list[Cell], lim: float, n_prompts: int) -> list[str]:
             if extra
             else ""
         )
+        if over_refusal:
+            beside += f"| {_num(over_refusal.get((c.method, c.budget)))} "
         lines.append(
             f"| {c.method} | {c.budget} | {c.n} | {c.asr:.3f} "
             f"| [{c.asr_low:.2f}, {c.asr_high:.2f}] {beside}| {c.asr_refusal_rule:.3f} "
