@@ -15,7 +15,7 @@ from saffron.errors import SaffronError
 from saffron.lm.models import ALIGNED
 from saffron.lm.policy import Policy
 from saffron.reward.costing import parse_guard_cost
-from saffron.reward.loading import SMOL_GUARD
+from saffron.reward.loading import DEFAULT_GUARD
 from saffron.reward.mrm_load import SMOL_MRM
 from saffron.runtime import RuntimeConfig
 from saffron.search import SearchConfig, World
@@ -46,7 +46,7 @@ def add_answer_parsers(sub: argparse._SubParsersAction) -> None:
         "--top-p", type=float, default=SearchConfig.top_p, help="nucleus for sampling and children"
     )
     gen.add_argument("--seed", type=int, default=SearchConfig.seed)
-    gen.add_argument("--guard", default=SMOL_GUARD, help="guard for methods that need one")
+    gen.add_argument("--guard", default=DEFAULT_GUARD, help="guard for methods that need one")
     gen.add_argument("--mrm", default=SMOL_MRM, help="MRM for methods that need one")
     gen.add_argument(
         "--option",
@@ -67,17 +67,17 @@ def _add_judge_parser(sub: argparse._SubParsersAction) -> None:
     judge = sub.add_parser(
         "judge",
         help="judge (prompt, response) pairs, or re-judge a run's records, with every judge",
-        description="Judges: guard (smol-guard; searches optimise it), independent (a guard on "
-        "another backbone; the headline), degeneracy (incoherent or repetitive text), rule "
-        "(garak's refusal phrases). Examples: saffron judge --prompt P --response R --judge all; "
-        "saffron judge --run runs/adv --judge all  (writes runs/adv/judged.jsonl)",
+        description="Judges: guard (smol-guard-aligned; searches optimise it), independent "
+        "(a guard on another backbone; the headline), degeneracy (incoherent or repetitive "
+        "text), rule (garak's refusal phrases). Examples: saffron judge --prompt P --response R "
+        "--judge all; saffron judge --run runs/adv --judge all  (writes runs/adv/judged.jsonl)",
     )
     judge.add_argument(
         "--judge",
         default="guard",
         help="guard|independent|degeneracy|rule, comma-separated, or all",
     )
-    judge.add_argument("--guard", default=SMOL_GUARD, help="guard name or adapter folder")
+    judge.add_argument("--guard", default=DEFAULT_GUARD, help="guard name or adapter folder")
     judge.add_argument("--independent", default="gemma-judge", help="independent judge name")
     judge.add_argument("--prompt", help="the user prompt")
     judge.add_argument("--response", help="the answer to judge (may be empty)")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from saffron.cli.args import add_runtime, integer, names, runtime
 from saffron.errors import SaffronError
 from saffron.lm.models import SMOLLM2
-from saffron.reward.loading import SMOL_GUARD
+from saffron.reward.loading import DEFAULT_GUARD
 from saffron.reward.mrm_load import SMOL_MRM
 from saffron.search import World, get_method
 from saffron.serve.engine import QUEUE_SIZE
@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sv.add_argument("--policy", default=DEFAULT_POLICY, help="policy model name or folder")
-    sv.add_argument("--guard", default=SMOL_GUARD, help="guard: guides searches, judges answers")
+    sv.add_argument("--guard", default=DEFAULT_GUARD, help="guard: guides searches, judges answers")
     sv.add_argument("--mrm", default=SMOL_MRM, help="MRM (loaded when a served method needs it)")
     sv.add_argument("--methods", default="", help="comma-separated model ids to serve (all)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")

@@ -21,7 +21,7 @@ from saffron.cli.args import (
 )
 from saffron.errors import SaffronError
 from saffron.lm.models import SMOLLM2
-from saffron.reward.loading import SMOL_GUARD
+from saffron.reward.loading import DEFAULT_GUARD, SMOL_GUARD
 from saffron.train.corpus import N_BENIGN
 from saffron.train.guard_train import GuardTrainConfig
 from saffron.train.label import LabelConfig
@@ -97,7 +97,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         description="Label every prefix of every corpus response with the guard's process "
         "reward (resumable: rerun to finish). Example: saffron label --guard smol-guard",
     )
-    lab.add_argument("--guard", default=SMOL_GUARD, help="guard name or adapter folder")
+    lab.add_argument("--guard", default=DEFAULT_GUARD, help="guard name or adapter folder")
     lab.add_argument(
         "--policy", default=DEFAULT_POLICY, help="policy whose tokens the corpus holds"
     )
@@ -368,7 +368,7 @@ def cmd_train_mrm(args: argparse.Namespace) -> int:
     rt = runtime(args)
     folders = [
         Path(f).expanduser()
-        for f in names(args.labels or _default_labels(SMOL_GUARD, _default_corpus()))
+        for f in names(args.labels or _default_labels(DEFAULT_GUARD, _default_corpus()))
     ]
     labels = folders[0]
     meta, items = read_label_sets(folders)

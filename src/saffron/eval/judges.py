@@ -207,7 +207,7 @@ DEGENERACY_FILE = "degeneracy.json"  # the embedded degeneracy judge, in the art
 def load_scorers(
     names: Sequence[str],
     *,
-    guard: str = "smol-guard",
+    guard: str = "smol-guard-aligned",
     independent: str = "gemma-judge",
     degeneracy: str | Path = DEGENERACY_FILE,
     runtime: RuntimeConfig = CPU,

@@ -82,7 +82,7 @@ class EvalConfig:
     """The policy under attack."""
     attack_policy: str = ATTACK_POLICY
     """Writes the harmful answers a prefill:K attack uses where none is committed."""
-    guard: str = "smol-guard"
+    guard: str = "smol-guard-aligned"
     """Guards the methods that need one and judges every answer."""
     mrm: str = "smol-mrm"
     """The MRM of the methods that need one."""

@@ -21,6 +21,8 @@ from saffron.runtime import CPU, RuntimeConfig
 ARTIFACTS = artifacts_dir()
 SMOL_GUARD = "smol-guard"
 SMOL_GUARD_ALIGNED = "smol-guard-aligned"
+# the guard of the default (aligned) world: Best-of-N's reward, smol-mrm's backbone, the labeller
+DEFAULT_GUARD = SMOL_GUARD_ALIGNED
 LLAMA_GUARD = "meta-llama/Llama-Guard-3-1B"
 GUARDS = {
     SMOL_GUARD: "SmolLM2-135M + LoRA trained by Saffron (embedded, offline), reads every position",

@@ -43,7 +43,8 @@ from saffron.runtime import CPU, RuntimeConfig
 
 SMOL_MRM = "smol-mrm"
 MRMS = {
-    SMOL_MRM: "MRM trained by Saffron from smol-guard for SmolLM2-135M-Instruct (embedded)",
+    SMOL_MRM: "MRM trained by Saffron from smol-guard-aligned for SmolLM2-135M-Instruct: the "
+    "aligned policies' answers and the states Saffron visits (embedded)",
     "<folder>": "a `saffron train-mrm` folder, or a released Saffron-1 folder (lm_head_bias.pt)",
 }
 
