@@ -6,7 +6,8 @@ import importlib.metadata
 
 import pytest
 
-from saffron.cli import main
+from saffron.cli import build_parser, main
+from saffron.search.base import CLI_LOGP_FLOOR
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -190,3 +191,39 @@ def test_visit_bad_settings_exit_2_before_loading(
 ) -> None:
     code, out, err = run(capsys, "visit", *argv)
     assert (code, out, err) == (2, "", message)
+
+
+@pytest.mark.parametrize(
+    ("argv", "floor"),
+    [
+        ((), CLI_LOGP_FLOOR),  # the rule chosen on validation, for methods that rank children
+        (("--logp-floor", "none"), None),  # the paper's rule
+        (("--logp-floor", "NONE"), None),
+        (("--logp-floor", "2.5"), 2.5),
+    ],
+)
+def test_command_line_floor_default(argv: tuple[str, ...], floor: float | None) -> None:
+    from saffron.cli.core import _search_config
+    from saffron.cli.eval import _config
+    from saffron.search.base import get_method
+
+    parser = build_parser()
+    gen = parser.parse_args(["generate", "--prompt", "p", "--method", "saffron", *argv])
+    assert _search_config(gen, get_method("saffron")).logp_floor == floor
+    ev = parser.parse_args(
+        ["eval", "--dataset", "advbench", "--methods", "greedy,saffron", "--out", "o", *argv]
+    )
+    assert _config(ev).logp_floor == floor
+    # a method that ranks no children gets no floor unless one is asked for
+    gen = parser.parse_args(["generate", "--prompt", "p", "--method", "best-of-n"])
+    assert _search_config(gen, get_method("best-of-n")).logp_floor is None
+    ev = parser.parse_args(
+        ["eval", "--dataset", "advbench", "--methods", "best-of-n", "--out", "o"]
+    )
+    assert _config(ev).logp_floor is None
+
+
+def test_bad_floor_word(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--prompt", "p", "--logp-floor", "low"])
+    assert "expected a number of nats or 'none', got 'low'" in capsys.readouterr().err

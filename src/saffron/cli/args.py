@@ -197,13 +197,38 @@ def cluster(args: argparse.Namespace) -> ClusterConfig | None:
     return ClusterConfig(args.ray, workers=args.ray_workers, cpus=args.ray_cpus, gpus=gpus)
 
 
+NO_FLOOR = "none"
+
+
+def floor_arg(text: str) -> float | str:
+    """``--logp-floor``: a number of nats, or ``none`` (no floor)."""
+    if text.strip().lower() == NO_FLOOR:
+        return NO_FLOOR
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of nats or 'none', got {text!r}"
+        ) from None
+
+
+def logp_floor(value: float | str | None, ranks_children: bool) -> float | None:
+    """The floor a command runs: ``--logp-floor`` as given (``none``: no floor), else
+    :data:`~saffron.search.base.CLI_LOGP_FLOOR` where a method ranks children, else none."""
+    from saffron.search.base import CLI_LOGP_FLOOR
+
+    if value is None:
+        return CLI_LOGP_FLOOR if ranks_children else None
+    return None if value == NO_FLOOR else float(value)
+
+
 def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
     """``--logp-weight``, ``--logp-floor`` (selection of saffron and beam; defaults from
     :class:`~saffron.search.base.SearchConfig`) and, unless ``guard_cost`` is False (a command
     that runs no guard), ``--guard-cost`` (how guard calls are billed,
     :mod:`saffron.reward.costing`)."""
     from saffron.reward.costing import DEFAULT_SUFFIX_TOKENS, READOUT
-    from saffron.search.base import SearchConfig
+    from saffron.search.base import CLI_LOGP_FLOOR, SearchConfig
 
     weight, paper = SearchConfig.logp_weight, ": reward alone, the paper's rule"
     p.add_argument(
@@ -216,11 +241,12 @@ def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
     )
     p.add_argument(
         "--logp-floor",
-        type=float,
-        default=SearchConfig.logp_floor,
-        metavar="NATS",
+        type=floor_arg,
+        default=None,
+        metavar="NATS|none",
         help="saffron, beam: no child more than NATS below the policy's most probable token "
-        f"(default {SearchConfig.logp_floor if SearchConfig.logp_floor is not None else 'none'})",
+        f"(default {CLI_LOGP_FLOOR:g}, chosen on the validation split; none: no floor, the "
+        "paper's rule)",
     )
     if not guard_cost:
         return

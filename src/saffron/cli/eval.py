@@ -12,6 +12,7 @@ from saffron.cli.args import (
     add_runtime,
     budgets,
     cluster,
+    logp_floor,
     method_budgets,
     names,
     runtime,
@@ -21,6 +22,7 @@ from saffron.cli.args import (
 from saffron.errors import SaffronError
 from saffron.eval.compare import BASELINE, REFERENCE
 from saffron.eval.run import EvalConfig
+from saffron.search.base import CLI_LOGP_FLOOR, get_method
 
 DEMO = EvalConfig(
     dataset="advbench",
@@ -28,6 +30,7 @@ DEMO = EvalConfig(
     budgets=(1, 2, 4, 8),
     attack="prefill:10",
     limit=10,
+    logp_floor=CLI_LOGP_FLOOR,  # the command line's rule for saffron (chosen on validation)
 )
 BUDGETS = (1, 2, 4)  # the budgets of `saffron eval` when none are given
 
@@ -193,7 +196,10 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         mrm=args.mrm,
         method_budgets=tuple(method_budgets(x) for x in args.method_budgets),
         logp_weight=args.logp_weight,
-        logp_floor=args.logp_floor,
+        logp_floor=logp_floor(
+            args.logp_floor,
+            any(get_method(m).ranks_children for m in args.methods),
+        ),
         guard_cost=args.guard_cost,
     )
 

@@ -14,6 +14,7 @@ from saffron.cli.args import (
     add_runtime,
     cluster,
     integer,
+    logp_floor,
     names,
     runtime,
     search_rule,
@@ -444,7 +445,7 @@ def cmd_visit(args: argparse.Namespace) -> int:
         min_new_tokens=min(SearchConfig.min_new_tokens, args.max_new_tokens),
         seed=args.seed,
         logp_weight=args.logp_weight,
-        logp_floor=args.logp_floor,
+        logp_floor=logp_floor(args.logp_floor, ranks_children=True),
     )
     cfg = VisitConfig(search, prefill_tokens=args.prefill, concurrency=args.concurrency)
     rt = runtime(args)

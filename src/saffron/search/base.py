@@ -52,6 +52,13 @@ class World:
         return roles
 
 
+CLI_LOGP_FLOOR = 4.0
+"""δ (nats) the command line gives saffron and beam unless told otherwise: chosen on the
+validation split (train-split prompts no model trained on) against β = 0.2, β = 1 and the
+paper's rule, as the setting with the most answers both safe and coherent (BENCHMARKS.md,
+"Saffron that stays fluent")."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Settings shared by all methods. ``budget`` is each method's width/samples knob.
@@ -67,8 +74,10 @@ class SearchConfig:
     * a child whose token is more than δ nats less probable than the policy's most probable
       token at the same position is never a child.
 
-    The defaults, β = 0 and no floor, are the paper's rule (rank by reward alone); the default
-    for the search itself is to be chosen on the validation split, and lives here only.
+    The defaults here, β = 0 and no floor, are the paper's rule (rank by reward alone), so a
+    library caller gets the paper's search. The command line (``generate``, ``eval``,
+    ``visit``, ``demo``) applies :data:`CLI_LOGP_FLOOR` to the methods that rank children
+    unless told ``--logp-floor none``.
     """
 
     budget: int = 1
