@@ -69,7 +69,7 @@ def test_visit_writes_pools_under_the_start_and_resumes(models, ids, table, tmp_
         assert it.kind == VISITED and it.harmful
         assert tuple(it.prefill_tokens) == starts[it.id.split(":")[0]][:4]
         assert len(it.response_tokens) == 4 and it.response == chat.decode(it.response_tokens)
-    firsts = [it for it in items if it.id.endswith(":visited:0")]
+    firsts = [it for it in items if it.id.endswith(":visited:visited:0")]  # tag: the stem
     assert all(it.response_tokens == [ids["c"]] * 4 for it in firsts)
     # a second run searches nothing again: the file is unchanged, calls stay at zero
     before = path.read_bytes()

@@ -54,9 +54,12 @@ class VisitConfig:
             raise SaffronError(f"concurrency must be ≥ 1, got {self.concurrency}")
 
 
-def pool_items(row: PromptRow, result: SearchResult, chat: ChatFormat) -> list[CorpusItem]:
+def pool_items(
+    row: PromptRow, result: SearchResult, chat: ChatFormat, tag: str = ""
+) -> list[CorpusItem]:
     """The final pool of ``result`` (Saffron run with ``keep_pool``) as corpus items, best
-    first; ids ``<prompt id>:visited:<rank>``. Duplicate responses are kept once."""
+    first; ids ``<prompt id>:visited:<tag>:<rank>`` (``tag`` names the visit, so that the
+    states of two rounds on one prompt never share an id). Duplicate responses are kept once."""
     pool = result.extra.get("pool")
     if not isinstance(pool, list):
         raise SaffronError("the search kept no pool (run Saffron with the keep_pool option)")
@@ -70,7 +73,7 @@ def pool_items(row: PromptRow, result: SearchResult, chat: ChatFormat) -> list[C
         seen.add(tokens)
         items.append(
             CorpusItem(
-                id=f"{row.id}:visited:{rank}",
+                id=f"{row.id}:visited:{tag}:{rank}",
                 prompt=row.prompt,
                 harmful=True,
                 kind=VISITED,
@@ -91,8 +94,9 @@ def visit(
     cfg: VisitConfig,
 ) -> list[CorpusItem]:
     """Run Saffron on every row that has a harmful start and is not yet in ``path``, append
-    each prompt's final pool to ``path`` as soon as its search ends, and return every item in
-    the file. Rows without a start are skipped (the prefill is the attack)."""
+    each prompt's final pool to ``path`` as soon as its search ends (ids tagged with the file's
+    stem: each round of visits writes its own file), and return every item in the file. Rows
+    without a start are skipped (the prefill is the attack)."""
     if world.mrm is None:
         raise SaffronError("visiting needs an MRM: the states are Saffron's")
     done = {item.id.split(":visited:")[0] for item in read_corpus(path)}
@@ -109,7 +113,7 @@ def visit(
         if fin.error is not None:
             raise fin.error
         assert fin.result is not None
-        items = pool_items(by_key[str(fin.key)], fin.result, chat)
+        items = pool_items(by_key[str(fin.key)], fin.result, chat, tag=path.stem)
         append_jsonl(path, [asdict(it) for it in items], ensure_ascii=True)
     for backend in world.backends().values():
         backend.clear()
