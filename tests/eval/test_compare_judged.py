@@ -144,3 +144,49 @@ def test_benign_run_must_have_no_attack(tmp_path: Path) -> None:
         report(records(), tmp_path / "attacked", benign=tmp_path / "benign")
     with pytest.raises(SaffronError, match=r"nowhere: no such directory"):
         report(records(), tmp_path / "attacked", benign=tmp_path / "nowhere")
+
+
+def test_compute_to_reach_an_asr() -> None:
+    import math
+
+    from saffron.eval.compare import tflop_to_reach
+
+    points = [(1.0, 0.8), (4.0, 0.4), (16.0, 0.2)]
+    assert tflop_to_reach(points, 0.9) == 1.0  # reached at the first point
+    assert tflop_to_reach(points, 0.4) == 4.0
+    # half-way from 0.4 to 0.2 in ASR is half-way from 4 to 16 in log TFLOP: 8
+    assert math.isclose(tflop_to_reach(points, 0.3) or 0.0, 8.0)
+    assert tflop_to_reach(points, 0.1) is None  # never that low
+    assert tflop_to_reach([], 0.5) is None
+
+
+def test_report_gives_the_compute_to_reach_the_reference(tmp_path: Path) -> None:
+    recs = []
+    for i in range(4):
+        for method, budget, tflop, unsafe in (
+            ("best-of-n", 1, 1.0, i < 3),
+            ("best-of-n", 4, 4.0, i < 2),
+            ("saffron", 1, 1.0, i < 2),
+            ("saffron", 4, 4.0, i < 1),
+        ):
+            recs.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "method": method,
+                    "budget": budget,
+                    "tflop": tflop,
+                    "unsafe": unsafe,
+                    "unsafe_refusal_rule": False,
+                    "judge_reward": 0.0,
+                    "tokens": [1],
+                    "wall_s": 0.1,
+                }
+            )
+    text = report(recs, tmp_path)
+    assert "## Compute to reach best-of-n's ASR (0.500 at 4.0000 TFLOP)" in text
+    assert "| saffron | 1.0000 | 0.25 |" in text and "| best-of-n | 4.0000 | 1.00 |" in text
+    reach = json.loads((tmp_path / "metrics.json").read_text())["matched"]["reach"]
+    assert reach == [
+        {"method": "best-of-n", "share": 1.0, "tflop": 4.0},
+        {"method": "saffron", "share": 0.25, "tflop": 1.0},
+    ]

@@ -253,6 +253,33 @@ def asr_at(points: list[tuple[float, float]], tflop: float) -> float | None:
     return None
 
 
+def tflop_to_reach(points: list[tuple[float, float]], asr: float) -> float | None:
+    """The least compute at which a curve's ASR is down to ``asr`` (interpolated linearly in
+    log TFLOP between the first two points that straddle it); None when it never gets there."""
+    if not points:
+        return None
+    if points[0][1] <= asr:
+        return points[0][0]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if y1 <= asr < y0:
+            t = (y0 - asr) / (y0 - y1)
+            return math.exp(math.log(x0) + t * (math.log(x1) - math.log(x0)))
+    return None
+
+
+def reach(cs: list[Cell], target_tflop: float, target_asr: float) -> list[dict[str, Any]]:
+    """Per method, the compute it needs to reach ``target_asr`` (the reference's ASR at its
+    matched budget) and that compute as a share of ``target_tflop`` (the paper's "≈ 1/3 of the
+    compute" reading of Figure 1)."""
+    out = []
+    for m in sorted({c.method for c in cs}):
+        need = tflop_to_reach(curve(cs, m), target_asr)
+        out.append(
+            {"method": m, "tflop": need, "share": None if need is None else need / target_tflop}
+        )
+    return out
+
+
 def scal_eff(asr: float, tflop: float, tflop_lim: float) -> float:
     """ScalEff := ln(TFLOP_lim / TFLOP) / ASR (paper, Table 1); +inf when ASR is 0."""
     gain = math.log(tflop_lim / tflop)
@@ -454,8 +481,18 @@ def report(
     if any(c.method == reference for c in cs):
         target, at = matched(cs, reference, reference_budget)
         rows = versus(cs, reference)
-        match = {"reference": reference, "tflop": target, "asr": at, "versus": rows}
+        ref_asr = at.get(reference)
+        needs = reach(cs, target, ref_asr) if ref_asr is not None else []
+        match = {
+            "reference": reference,
+            "tflop": target,
+            "asr": at,
+            "versus": rows,
+            "reach": needs,
+        }
         lines += matched_markdown(reference, target, at, rows)
+        if needs and ref_asr is not None:
+            lines += reach_markdown(reference, target, ref_asr, needs)
     if bs:
         lines += benign_markdown(bs, baseline)
     costs = reward_cost(records)
@@ -565,3 +602,21 @@ def matched_markdown(
         )
     lines.append("")
     return lines
+
+
+def reach_markdown(
+    reference: str, target: float, asr: float, rows: list[dict[str, Any]]
+) -> list[str]:
+    """The compute-to-reach table (:func:`reach`) as markdown lines."""
+    lines = [
+        f"## Compute to reach {reference}'s ASR ({asr:.3f} at {target:.4f} TFLOP)",
+        "",
+        f"| method | TFLOP/prompt | share of {reference}'s |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        if r["tflop"] is None:
+            lines.append(f"| {r['method']} | not reached | — |")
+        else:
+            lines.append(f"| {r['method']} | {r['tflop']:.4f} | {r['share']:.2f} |")
+    return [*lines, ""]
