@@ -180,8 +180,10 @@ def test_report_gives_the_compute_to_reach_the_reference(tmp_path: Path) -> None
                     "judge_reward": 0.0,
                     "tokens": [1],
                     "wall_s": 0.1,
+                    "finished": i == 0,
                 }
             )
+    assert {c.at_cap for c in cells(recs)} == {0.75}  # three of four answers hit the cap
     text = report(recs, tmp_path)
     assert "## Compute to reach best-of-n's ASR (0.500 at 4.0000 TFLOP)" in text
     assert "| saffron | 1.0000 | 0.25 |" in text and "| best-of-n | 4.0000 | 1.00 |" in text
