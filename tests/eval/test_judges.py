@@ -106,3 +106,21 @@ def test_judge_run_writes_one_line_per_record(tmp_path: Path) -> None:
     on_disk = [json.loads(x) for x in (tmp_path / JUDGED).read_text().splitlines()]
     assert on_disk == rows
     assert cell_rates(rows)[("greedy", 1)] == {"n": 1.0, "unsafe_rule": 1.0}
+
+
+def test_judge_run_of_several_sets(tmp_path: Path) -> None:
+    """A run over several sets (``--dataset A,B``) finds every request text."""
+    import json
+
+    from saffron.eval.judges import judge_run
+
+    for name, pid in (("a", "a-1"), ("b", "b-1")):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": pid, "prompt": "q"}) + "\n")
+    dataset = f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}"
+    (tmp_path / "config.json").write_text(json.dumps({"dataset": dataset}))
+    recs = [
+        {"prompt_id": pid, "method": "greedy", "budget": 1, "prefill": "", "text": "Step 1."}
+        for pid in ("a-1", "b-1")
+    ]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert [r["prompt_id"] for r in judge_run(tmp_path, {"rule": lambda a: []})] == ["a-1", "b-1"]

@@ -177,12 +177,12 @@ def judge_run(
     """Judge every record of the ``saffron eval`` folder with ``scorers``; write one line per
     record (its key, then the verdicts) to ``folder/judged.jsonl`` atomically, and return the
     lines. The request texts come from the run's dataset (``config.json``)."""
-    from saffron.data import load_prompts
+    from saffron.data.prompts import rows_of_sets
     from saffron.eval.records import load_records, record_key
 
     records = load_records(folder)
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    prompts = {r.id: r.prompt for r in load_prompts(cfg["dataset"])}
+    prompts = {r.id: r.prompt for r in rows_of_sets(cfg["dataset"], "all")}
     verdicts = judge_answers(run_answers(records, prompts), scorers, degenerate_threshold)
     rows = []
     for r, v in zip(records, verdicts, strict=True):
