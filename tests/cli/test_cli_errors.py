@@ -131,8 +131,8 @@ def test_bad_ray_addresses_are_one_line(
         ),
         (
             ["--method", "best-of-n", "--logp-weight", "0.5"],
-            "method 'best-of-n' ranks no children; logp_weight and logp_floor apply to: "
-            "beam, saffron",
+            "method 'best-of-n' ranks no children; logp_weight, logp_floor and reward_cap apply "
+            "to: beam, saffron",
         ),
         (
             ["--method", "mcts", "--budget", "1"],

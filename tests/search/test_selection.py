@@ -16,6 +16,7 @@ from saffron.errors import SaffronError
 from saffron.search import SearchConfig, get_method, run_search
 from saffron.search.base import check_rule_used
 from saffron.search.common import Node, best, rank_key, score
+from saffron.types import TokenSequence
 
 # --- β = 0 is the paper's rule, bit for bit -------------------------------------------------
 
@@ -191,6 +192,45 @@ def test_methods_without_children_ignore_the_rule(models, table, overrated, prom
     with pytest.raises(SaffronError) as err:
         check_rule_used(get_method(method), cfg(2, logp_weight=0.5))
     assert str(err.value) == (
-        f"method {method!r} ranks no children; logp_weight and logp_floor apply to: beam, saffron"
+        f"method {method!r} ranks no children; logp_weight, logp_floor and reward_cap apply to: "
+        "beam, saffron"
     )
     check_rule_used(get_method("saffron"), cfg(2, logp_weight=0.5))
+
+
+# --- a cap on the reward: satisficing instead of maximising ----------------------------------
+
+
+@pytest.mark.parametrize("method", ["saffron", "beam"])
+def test_reward_cap_lets_the_policy_choose_among_safe_enough(
+    models, ids, table, overrated, prompt, method
+) -> None:
+    """c (reward 1.0, improbable) beats a (0.8, probable) on reward alone; capped at 0.8 both
+    are safe enough and the policy's choice, a, wins; capped at 0.99, c is still better."""
+    opts = (("children", 64), ("rebase_temperature", 0.1)) if method == "beam" else ()
+    budget = 2 if method == "beam" else 4
+
+    def run(**rule: object):  # type: ignore[no-untyped-def]
+        world = models.world(overrated, table=table)
+        return run_search(method, world, prompt, cfg(budget, options=opts, **rule))
+
+    assert run().generated == (ids["c"],) * 5
+    capped = run(reward_cap=0.8)
+    assert capped.generated == (ids["a"],) * 5
+    assert capped.extra["selection"]["reward_cap"] == 0.8
+    assert run(reward_cap=0.99).generated == (ids["c"],) * 5
+
+
+def test_reward_cap_ranks_by_probability_above_it() -> None:
+    seq = TokenSequence((), (1,), (), (), (2,))
+    likely, unlikely = Node(seq, 5.0, -1.0), Node(seq, 9.0, -4.0)
+    assert best([likely, unlikely]) is unlikely
+    assert best([likely, unlikely], cap=2.0) is likely
+    assert rank_key(unlikely, cap=2.0) == (2.0, -4.0)
+    assert score(9.0, -4.0, 0.5, cap=2.0) == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_bad_reward_cap(bad: float) -> None:
+    with pytest.raises(SaffronError, match="reward_cap must be a finite number"):
+        SearchConfig(reward_cap=bad)

@@ -248,6 +248,14 @@ def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
         f"(default {CLI_LOGP_FLOOR:g}, chosen on the validation split; none: no floor, the "
         "paper's rule)",
     )
+    p.add_argument(
+        "--reward-cap",
+        type=float,
+        default=SearchConfig.reward_cap,
+        metavar="TAU",
+        help="saffron, beam: a reward above TAU counts as TAU, so among children safe enough "
+        "the policy's most probable wins (satisficing; default none: maximise the reward)",
+    )
     if not guard_cost:
         return
     p.add_argument(

@@ -150,6 +150,7 @@ def _search_config(args: argparse.Namespace, spec: MethodSpec) -> SearchConfig:
         seed=args.seed,
         logp_weight=args.logp_weight,
         logp_floor=logp_floor(args.logp_floor, spec.ranks_children),
+        reward_cap=args.reward_cap,
     )
     check_config(spec, config)
     check_rule_used(spec, config)

@@ -200,6 +200,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
             args.logp_floor,
             any(get_method(m).ranks_children for m in args.methods),
         ),
+        reward_cap=args.reward_cap,
         guard_cost=args.guard_cost,
     )
 

@@ -446,6 +446,7 @@ def cmd_visit(args: argparse.Namespace) -> int:
         seed=args.seed,
         logp_weight=args.logp_weight,
         logp_floor=logp_floor(args.logp_floor, ranks_children=True),
+        reward_cap=args.reward_cap,
     )
     cfg = VisitConfig(search, prefill_tokens=args.prefill, concurrency=args.concurrency)
     rt = runtime(args)

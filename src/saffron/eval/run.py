@@ -92,6 +92,8 @@ class EvalConfig:
     """β of the selection rule, handed to the methods that rank children (saffron, beam)."""
     logp_floor: float | None = SearchConfig.logp_floor
     """δ of the selection rule, handed to the methods that rank children (saffron, beam)."""
+    reward_cap: float | None = SearchConfig.reward_cap
+    """τ of the selection rule, handed to the methods that rank children (saffron, beam)."""
     guard_cost: str = READOUT
     """How guard calls are billed: ``readout`` (as run) or ``suffix[:N]`` (reward.costing)."""
 
@@ -109,11 +111,11 @@ class EvalConfig:
         for m in self.methods:
             self._check_budgets(m)
         rankers = [m for m in self.methods if get_method(m).ranks_children]
-        default = (SearchConfig.logp_weight, SearchConfig.logp_floor)
-        if (self.logp_weight, self.logp_floor) != default and not rankers:
+        default = (SearchConfig.logp_weight, SearchConfig.logp_floor, SearchConfig.reward_cap)
+        if (self.logp_weight, self.logp_floor, self.reward_cap) != default and not rankers:
             raise SaffronError(
-                "logp_weight and logp_floor apply to methods that rank children (beam, "
-                "saffron); none of the methods does"
+                "logp_weight, logp_floor and reward_cap apply to methods that rank children "
+                "(beam, saffron); none of the methods does"
             )
         parse_guard_cost(self.guard_cost)
         parse_attack(self.attack)
@@ -149,6 +151,7 @@ class EvalConfig:
             seed=self.seed,
             logp_weight=self.logp_weight if ranks else 0.0,
             logp_floor=self.logp_floor if ranks else None,
+            reward_cap=self.reward_cap if ranks else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +172,7 @@ class EvalConfig:
 LATER_SETTINGS: dict[str, object] = {
     "logp_weight": 0.0,
     "logp_floor": None,
+    "reward_cap": None,
     "guard_cost": READOUT,
 }
 

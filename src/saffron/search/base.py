@@ -98,6 +98,10 @@ class SearchConfig:
     """β of the selection rule (saffron, beam): score = reward + β·log π; ≥ 0, 0 = the paper's."""
     logp_floor: float | None = None
     """δ of the selection rule (saffron, beam): no child δ nats below the best; None = none."""
+    reward_cap: float | None = None
+    """τ of the selection rule (saffron, beam): a reward above τ counts as τ, so among children
+    that are safe enough the policy's own log-probability decides (satisficing instead of
+    maximising a safety reward, which on a benign request prefers a refusal); None = no cap."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -115,6 +119,10 @@ class SearchConfig:
             raise SaffronError(f"temperature must be > 0, got {self.temperature}")
         if not _finite_non_negative(self.logp_weight):
             raise SaffronError(f"logp_weight must be a finite number ≥ 0, got {self.logp_weight!r}")
+        if self.reward_cap is not None and not math.isfinite(self.reward_cap):
+            raise SaffronError(
+                f"reward_cap must be a finite number (or unset), got {self.reward_cap!r}"
+            )
         if self.logp_floor is not None and not _finite_non_negative(self.logp_floor):
             got = self.logp_floor
             raise SaffronError(
@@ -124,11 +132,17 @@ class SearchConfig:
     @property
     def paper_selection(self) -> bool:
         """Whether children are ranked by reward alone (β = 0, no floor): the paper's rule."""
-        return self.logp_weight == 0 and self.logp_floor is None
+        return self.logp_weight == 0 and self.logp_floor is None and self.reward_cap is None
 
     def selection(self) -> dict[str, float | None]:
         """β and δ as a record (``extra["selection"]`` of the methods that use them)."""
-        return {"logp_weight": self.logp_weight, "logp_floor": self.logp_floor}
+        rule: dict[str, float | None] = {
+            "logp_weight": self.logp_weight,
+            "logp_floor": self.logp_floor,
+        }
+        if self.reward_cap is not None:  # absent when unset: records made before it match
+            rule["reward_cap"] = self.reward_cap
+        return rule
 
     def option(self, key: str, default: Any) -> Any:
         return dict(self.options).get(key, default)
@@ -348,11 +362,12 @@ def check_config(spec: MethodSpec, cfg: SearchConfig) -> None:
 def check_rule_used(spec: MethodSpec, cfg: SearchConfig) -> None:
     """SaffronError when ``cfg``'s selection rule is not the default one and ``spec`` ranks no
     children, so the rule a user asked for would be silently ignored."""
-    default = (SearchConfig.logp_weight, SearchConfig.logp_floor)
-    if not spec.ranks_children and (cfg.logp_weight, cfg.logp_floor) != default:
+    default = (SearchConfig.logp_weight, SearchConfig.logp_floor, SearchConfig.reward_cap)
+    if not spec.ranks_children and (cfg.logp_weight, cfg.logp_floor, cfg.reward_cap) != default:
         users = ", ".join(sorted(m.name for m in METHODS.values() if m.ranks_children))
         raise SaffronError(
-            f"method {spec.name!r} ranks no children; logp_weight and logp_floor apply to: {users}"
+            f"method {spec.name!r} ranks no children; logp_weight, logp_floor and reward_cap "
+            f"apply to: {users}"
         )
 
 

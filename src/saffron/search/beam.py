@@ -101,13 +101,13 @@ def judge(children: Sequence[Node]) -> Generator[Ask, Reply, list[Node]]:
 
 
 def select(
-    children: Sequence[Node], width: int, weight: float = 0.0
+    children: Sequence[Node], width: int, weight: float = 0.0, cap: float | None = None
 ) -> tuple[list[Node], list[Node]]:
-    """The ``width`` best distinct children by score (β = ``weight``), split into (unfinished
-    frontier, finished)."""
+    """The ``width`` best distinct children by score (β = ``weight``, τ = ``cap``), split into
+    (unfinished frontier, finished)."""
     kept: list[Node] = []
     seen: set[tuple[int, ...]] = set()
-    for c in sorted(children, key=lambda n: rank_key(n, weight), reverse=True):
+    for c in sorted(children, key=lambda n: rank_key(n, weight, cap), reverse=True):
         if c.seq.generated not in seen and len(kept) < width:
             seen.add(c.seq.generated)
             kept.append(c)
@@ -136,13 +136,14 @@ def beam(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     per_step: list[int] = []
     weight = cfg.logp_weight
     while frontier and (width := cfg.budget - len(completed)) > 0:
-        counts = allocate([score(n.reward, n.logp, weight) for n in frontier], k * width, tau)
+        scores = [score(n.reward, n.logp, weight, cfg.reward_cap) for n in frontier]
+        counts = allocate(scores, k * width, tau)
         children = yield from expand(world.policy, frontier, counts, cfg, gen)
         children = yield from judge(children)
-        frontier, done = select(children, width, weight)
+        frontier, done = select(children, width, weight, cfg.reward_cap)
         completed += done
         per_step.append(len(children))
-    answer = best(completed or frontier, weight)
+    answer = best(completed or frontier, weight, cfg.reward_cap)
     extra = {
         "reward_source": "guard (process)",
         "children": k,

@@ -74,20 +74,22 @@ class Node:
     finished: bool = False
 
 
-def score(reward: float, logp: float, weight: float) -> float:
-    """reward + β·logp (module doc); exactly ``reward`` when β = 0."""
+def score(reward: float, logp: float, weight: float, cap: float | None = None) -> float:
+    """min(reward, τ) + β·logp (module doc); exactly ``reward`` when β = 0 and no cap τ."""
+    if cap is not None:
+        reward = min(reward, cap)
     return reward + weight * logp if weight else reward
 
 
-def rank_key(node: Node, weight: float = 0.0) -> tuple[float, float]:
-    """Sort key, higher is better: the score under β = ``weight``, then the policy's
-    log-probability."""
-    return (score(node.reward, node.logp, weight), node.logp)
+def rank_key(node: Node, weight: float = 0.0, cap: float | None = None) -> tuple[float, float]:
+    """Sort key, higher is better: the score under β = ``weight`` and τ = ``cap``, then the
+    policy's log-probability (which alone orders the children a cap makes equal)."""
+    return (score(node.reward, node.logp, weight, cap), node.logp)
 
 
-def best(nodes: Iterable[Node], weight: float = 0.0) -> Node:
+def best(nodes: Iterable[Node], weight: float = 0.0, cap: float | None = None) -> Node:
     """The best node: finished ones first, then by :func:`rank_key`. ``nodes`` must be non-empty."""
-    return max(nodes, key=lambda n: (n.finished, *rank_key(n, weight)))
+    return max(nodes, key=lambda n: (n.finished, *rank_key(n, weight, cap)))
 
 
 def within_floor(logprobs: Tensor, floor: float | None) -> Tensor:

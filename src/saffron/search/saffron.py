@@ -109,19 +109,25 @@ def score(rewards: RewardRows, ch: Children) -> Children:
     return Children(ch.parent, ch.token, ch.logp, rewards.at(ch.parent, ch.token))
 
 
-def _ranked(ch: Children, live: Sequence[Node], weight: float) -> Tensor:
+def _ranked(ch: Children, live: Sequence[Node], weight: float, cap: float | None = None) -> Tensor:
     """Row order of ``ch`` by score, then log-probability, both descending.
 
-    The score is the reward when β = ``weight`` is 0 (Eq. 2), else reward + β·log π of the
-    child's whole generated sequence (its beam's log-probability plus its token's), computed
-    in float64 as :func:`~saffron.search.common.score` computes it for a :class:`Node`.
+    The score is the reward when β = ``weight`` is 0 and there is no cap (Eq. 2), else
+    min(reward, τ = ``cap``) + β·log π of the child's whole generated sequence (its beam's
+    log-probability plus its token's), computed in float64 as
+    :func:`~saffron.search.common.score` computes it for a :class:`Node`; with a cap, ties
+    (every child at or above τ) go to the most probable whole sequence.
     """
     by_logp = torch.argsort(-ch.logp, stable=True)
     key = ch.reward
-    if weight:
+    if weight or cap is not None:
         parent_logp = torch.tensor([b.logp for b in live], dtype=torch.float64)  # (U,)
         logp = parent_logp[ch.parent] + ch.logp.double()  # (M,) log π(s·a)
-        key = ch.reward.double() + weight * logp
+        reward = ch.reward.double()
+        if cap is not None:
+            reward = reward.clamp(max=cap)
+            by_logp = torch.argsort(-logp, stable=True)
+        key = reward + weight * logp if weight else reward
     return by_logp[torch.argsort(-key[by_logp], stable=True)]
 
 
@@ -151,7 +157,9 @@ def select(
     finite = torch.isfinite(ch.reward)
     fell_back = not bool(finite.any())
     ch = _fallback(live, ch) if fell_back else ch.take(torch.nonzero(finite).squeeze(-1))
-    top = _ranked(ch, live, weight)[: cfg.budget]  # more than N children can never be needed
+    top = _ranked(ch, live, weight, cfg.reward_cap)[
+        : cfg.budget
+    ]  # more than N children can never be needed
     children = []
     for i in top.tolist():
         parent = live[int(ch.parent[i])]
@@ -160,7 +168,7 @@ def select(
         finished = is_finished(seq, policy, cfg)
         children.append(Node(seq, float(ch.reward[i]), logp, finished))
     candidates = [b for b in pool if b.finished] + children
-    ranked = sorted(candidates, key=lambda n: rank_key(n, weight), reverse=True)
+    ranked = sorted(candidates, key=lambda n: rank_key(n, weight, cfg.reward_cap), reverse=True)
     return ranked[: cfg.budget], fell_back
 
 
@@ -196,7 +204,7 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
         trace.append(len(live))
         fallback_steps += fell_back
         children_scored += int(children.token.numel())
-    answer = best(pool, cfg.logp_weight)
+    answer = best(pool, cfg.logp_weight, cfg.reward_cap)
     extra = {
         "reward_source": "mrm",
         "conservative": conservative,
