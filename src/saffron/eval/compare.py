@@ -476,28 +476,9 @@ def report(
     n_prompts = len({r["prompt_id"] for r in records})
     bs = load_benign(benign) if benign is not None else []
     lines = cells_markdown(cs, lim, n_prompts, {(b.method, b.budget): b.refusal for b in bs})
-    if judged is None and (out / "judged.jsonl").is_file():
-        lines += [
-            "judged.jsonl does not cover these records (the run grew after it was judged): the "
-            f"guard is the headline judge; rerun `saffron judge --run {out}`.",
-            "",
-        ]
-    match: dict[str, Any] = {}
-    if any(c.method == reference for c in cs):
-        target, at = matched(cs, reference, reference_budget)
-        rows = versus(cs, reference)
-        ref_asr = at.get(reference)
-        needs = reach(cs, target, ref_asr) if ref_asr is not None else []
-        match = {
-            "reference": reference,
-            "tflop": target,
-            "asr": at,
-            "versus": rows,
-            "reach": needs,
-        }
-        lines += matched_markdown(reference, target, at, rows)
-        if needs and ref_asr is not None:
-            lines += reach_markdown(reference, target, ref_asr, needs)
+    lines += _stale_judged(out, judged)
+    match, match_lines = _matched_section(cs, reference, reference_budget)
+    lines += match_lines
     if bs:
         lines += benign_markdown(bs, baseline)
     costs = reward_cost(records)
@@ -522,6 +503,46 @@ def report(
     return text
 
 
+def _stale_judged(out: Path, judged: list[dict[str, Any]] | None) -> list[str]:
+    """The report's note when ``out/judged.jsonl`` exists but does not cover the records."""
+    if judged is not None or not (out / "judged.jsonl").is_file():
+        return []
+    return [
+        "judged.jsonl does not cover these records (the run grew after it was judged): the "
+        f"guard is the headline judge; rerun `saffron judge --run {out}`.",
+        "",
+    ]
+
+
+def _matched_section(
+    cs: list[Cell], reference: str, reference_budget: int | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The matched-compute metrics (:func:`matched`, :func:`versus`, :func:`reach`) and their
+    markdown; nothing when the run has no ``reference`` method."""
+    if not any(c.method == reference for c in cs):
+        return {}, []
+    target, at = matched(cs, reference, reference_budget)
+    rows = versus(cs, reference)
+    ref_asr = at.get(reference)
+    needs = reach(cs, target, ref_asr) if ref_asr is not None else []
+    match = {"reference": reference, "tflop": target, "asr": at, "versus": rows, "reach": needs}
+    lines = matched_markdown(reference, target, at, rows)
+    if needs and ref_asr is not None:
+        lines += reach_markdown(reference, target, ref_asr, needs)
+    return match, lines
+
+
+def _table_head(judge: str, extra: bool, over_refusal: bool) -> list[str]:
+    """The header and rule lines of :func:`cells_markdown`'s table."""
+    head = f"| method | budget | n | ASR ({judge}) | 95% CI | "
+    head += "ASR (guard) | degenerate | safe & coherent | " if extra else ""
+    head += "over-refusal (benign) | " if over_refusal else ""
+    head += "ASR (refusal rule) | judge reward | TFLOP/prompt | new tokens | at cap | wall s "
+    rule = "|---|---|---|---|---|" + ("---|---|---|" if extra else "")
+    rule += ("---|" if over_refusal else "") + "---|---|---|---|---|---|---|"
+    return [head + "| ScalEff |", rule]
+
+
 def cells_markdown(
     cs: list[Cell],
     lim: float,
@@ -534,18 +555,10 @@ def cells_markdown(
     benign run), that column too."""
     judge = cs[0].judge if cs else "guard"
     extra = judge != "guard"
-    head = f"| method | budget | n | ASR ({judge}) | 95% CI | "
-    head += "ASR (guard) | degenerate | safe & coherent | " if extra else ""
-    head += "over-refusal (benign) | " if over_refusal else ""
     lines = [
         f"# Evaluation report ({n_prompts} prompts)",
         "",
-        head + "ASR (refusal rule) | judge reward | TFLOP/prompt | new tokens | at cap | wall s "
-        "| ScalEff |",
-        "|---|---|---|---|---|"
-        + ("---|---|---|" if extra else "")
-        + ("---|" if over_refusal else "")
-        + "---|---|---|---|---|---|---|",
+        *_table_head(judge, extra, bool(over_refusal)),
     ]
     for c in cs:
         beside = (
