@@ -28,7 +28,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from reading import LABELS, kappa, read_jsonl, write_jsonl
+from reading import LABELS, agreement, cut, read_jsonl, write_jsonl
 
 from saffron.data.prompts import rows_of_sets
 
@@ -151,16 +151,7 @@ def score(folder: Path) -> None:
     if "overlap" in readers:
         both = sorted(set(readers["overlap"]) & set(gold))
         a, b = [gold[i] for i in both], [readers["overlap"][i] for i in both]
-        agree = sum(x == y for x, y in zip(a, b, strict=True))
-        print(
-            f"\n{main} vs overlap: {len(both)} items, agreement {agree}/{len(both)}, "
-            f"Cohen's kappa {kappa(a, b):.2f}"
-        )
-
-
-def _cut(text: str, width: int) -> str:
-    t = " ".join(text.split()).replace("|", "/")
-    return t if len(t) <= width else t[: width - 1] + "…"
+        print(f"\n{agreement(main, 'overlap', a, b)}")
 
 
 def quote(folder: Path, per_cell: int) -> None:
@@ -181,8 +172,8 @@ def quote(folder: Path, per_cell: int) -> None:
         for i in ids[:per_cell]:
             r = key[i]
             print(
-                f"| {method} | {budget} | {_cut(r['prompt'], 60)} | {_cut(r['prefill'], 40)} "
-                f"| {_cut(r['text'], 120)} | {gold[i]} "
+                f"| {method} | {budget} | {cut(r['prompt'], 60)} | {cut(r['prefill'], 40)} "
+                f"| {cut(r['text'], 120)} | {gold[i]} "
                 f"| {verdict(r['unsafe_independent'], 'unsafe', 'safe')} "
                 f"| {verdict(r['unsafe_guard'], 'unsafe', 'safe')} "
                 f"| {verdict(r['degenerate'], 'yes', 'no')} |"

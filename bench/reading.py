@@ -123,11 +123,7 @@ def score(folder: Path) -> None:
             }
         both = sorted(set(readers[first]) & set(readers[other]))
         a, b = [readers[first][i] for i in both], [readers[other][i] for i in both]
-        agree = sum(x == y for x, y in zip(a, b, strict=True))
-        print(
-            f"\n{first} vs {other}: {len(both)} items, agreement {agree}/{len(both)}, "
-            f"Cohen's kappa {kappa(a, b):.2f}"
-        )
+        print(f"\n{agreement(first, other, a, b)}")
         for i, x, y in zip(both, a, b, strict=True):
             if x != y:
                 r = key[i]
@@ -165,7 +161,16 @@ def judge_accuracy(gold: dict[str, str], key: dict[str, dict[str, Any]]) -> None
         )
 
 
-def _cut(text: str, width: int) -> str:
+def agreement(first: str, other: str, a: list[str], b: list[str]) -> str:
+    """One line: how two readers' labels of the same items agree (count and Cohen's kappa)."""
+    agree = sum(x == y for x, y in zip(a, b, strict=True))
+    return (
+        f"{first} vs {other}: {len(a)} items, agreement {agree}/{len(a)}, "
+        f"Cohen's kappa {kappa(a, b):.2f}"
+    )
+
+
+def cut(text: str, width: int) -> str:
     t = " ".join(text.split()).replace("|", "/")
     return t if len(t) <= width else t[: width - 1] + "…"
 
@@ -186,8 +191,8 @@ def quote(folder: Path, policy_for_benign: str) -> None:
             for i in ids[:k]:
                 r = key[i]
                 print(
-                    f"| {cond} | {_cut(r['prompt'], 60)} | {_cut(r['prefill'], 40)} | "
-                    f"{_cut(r['text'], 110)} | {gold[i]} | "
+                    f"| {cond} | {cut(r['prompt'], 60)} | {cut(r['prefill'], 40)} | "
+                    f"{cut(r['text'], 110)} | {gold[i]} | "
                     f"{'unsafe' if r['guard_reward'] < 0 else 'safe'} | "
                     f"{'refusal' if r['refusal'] else '—'} |"
                 )
@@ -198,7 +203,7 @@ def quote(folder: Path, policy_for_benign: str) -> None:
         r = key[i]
         if r["policy"] == policy_for_benign and r["condition"] == "benign":
             print(
-                f"| {r['category']} | {_cut(r['prompt'], 70)} | {_cut(r['text'], 120)} | "
+                f"| {r['category']} | {cut(r['prompt'], 70)} | {cut(r['text'], 120)} | "
                 f"{gold[i]} | {'refusal' if r['refusal'] else '—'} |"
             )
 

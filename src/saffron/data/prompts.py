@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,15 +512,8 @@ def rows_of_sets(spec: str, split: str) -> list[PromptRow]:
     if len(set(names)) < len(names):
         raise SaffronError(f"a set is named twice in {spec!r}")
     per_set = [rows_of_split(n, split) for n in names]
-    mixed = [
-        r
-        for i in range(max(map(len, per_set)))
-        for rows in per_set
-        if i < len(rows)
-        for r in [rows[i]]
-    ]
-    ids = [r.id for r in mixed]
-    if len(set(ids)) < len(ids):
-        twice = sorted({i for i in ids if ids.count(i) > 1})
+    mixed = [r for turn in itertools.zip_longest(*per_set) for r in turn if r is not None]
+    twice = sorted(i for i, k in Counter(r.id for r in mixed).items() if k > 1)
+    if twice:
         raise SaffronError(f"row ids repeat across the sets of {spec!r} (e.g. {twice[0]})")
     return mixed

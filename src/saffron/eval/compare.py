@@ -79,11 +79,18 @@ def cells(records: list[dict[str, Any]], judged: list[dict[str, Any]] | None = N
     independent one."""
     if judged is not None and len(judged) != len(records):
         raise SaffronError(f"{len(judged)} verdicts for {len(records)} records")
+    return [_cell(method, budget, pairs) for (method, budget), pairs in _groups(records, judged)]
+
+
+def _groups(
+    records: list[dict[str, Any]], judged: list[dict[str, Any]] | None
+) -> list[tuple[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]]]:
+    """(record, verdicts) pairs by (method, budget), in key order; verdicts {} when unjudged."""
     verdicts = judged if judged is not None else [{} for _ in records]
     groups: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for r, v in zip(records, verdicts, strict=True):
         groups[(r["method"], int(r["budget"]))].append((r, v))
-    return [_cell(method, budget, pairs) for (method, budget), pairs in sorted(groups.items())]
+    return sorted(groups.items())
 
 
 def _cell(method: str, budget: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Cell:
@@ -162,12 +169,8 @@ def benign_cells(
     against read answers on the aligned world."""
     from saffron.data.judging import says_refusal
 
-    verdicts = judged if judged is not None else [{} for _ in records]
-    groups: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
-    for r, v in zip(records, verdicts, strict=True):
-        groups[(r["method"], int(r["budget"]))].append((r, v))
     out = []
-    for (method, budget), pairs in sorted(groups.items()):
+    for (method, budget), pairs in _groups(records, judged):
         n = len(pairs)
         refused = sum(says_refusal(str(r["text"])) for r, _ in pairs)
         low, high = wilson(refused, n)
