@@ -53,7 +53,11 @@ def jobs(world: World) -> list[tuple[int, str, TokenSequence, SearchConfig]]:
             seq = world.policy.chat.sequence(text, prefill="Ok" if j % 2 else "")
             spec = METHODS[method]
             budget = max(spec.min_budget, 1 + (i + j) % 3)
-            rule = {"logp_weight": 0.3, "logp_floor": 2.0} if spec.ranks_children and j else {}
+            rule: dict[str, float] = {}
+            if spec.ranks_children and j:
+                rule = {"logp_weight": 0.3, "logp_floor": 2.0, "no_repeat_ngram": 2}
+            if spec.gates and j >= 2:
+                rule["gate"] = 0.0  # the toy MRM's rewards straddle 0: some open late
             cfg = SearchConfig(
                 budget=budget, max_new_tokens=5, min_new_tokens=2, seed=i * 10 + j, **rule
             )

@@ -192,8 +192,8 @@ def test_methods_without_children_ignore_the_rule(models, table, overrated, prom
     with pytest.raises(SaffronError) as err:
         check_rule_used(get_method(method), cfg(2, logp_weight=0.5))
     assert str(err.value) == (
-        f"method {method!r} ranks no children; logp_weight, logp_floor and reward_cap apply to: "
-        "beam, saffron"
+        f"method {method!r} ranks no children; logp_weight, logp_floor, reward_cap, "
+        "no_repeat_ngram and gate apply to: beam, saffron"
     )
     check_rule_used(get_method("saffron"), cfg(2, logp_weight=0.5))
 

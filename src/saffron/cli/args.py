@@ -248,14 +248,7 @@ def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
         f"(default {CLI_LOGP_FLOOR:g}, chosen on the validation split; none: no floor, the "
         "paper's rule)",
     )
-    p.add_argument(
-        "--reward-cap",
-        type=float,
-        default=SearchConfig.reward_cap,
-        metavar="TAU",
-        help="saffron, beam: a reward above TAU counts as TAU, so among children safe enough "
-        "the policy's most probable wins (satisficing; default none: maximise the reward)",
-    )
+    _search_extensions(p)
     if not guard_cost:
         return
     p.add_argument(
@@ -265,4 +258,41 @@ def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
         help="bill each guard call as run (readout) or as a suffix guard would compute it, N "
         f"more positions per call (suffix: N = {DEFAULT_SUFFIX_TOKENS}, Llama Guard 3's "
         "closing instruction); an accounting model, answers unchanged",
+    )
+
+
+def _search_extensions(p: argparse.ArgumentParser) -> None:
+    """``--reward-cap``, ``--no-repeat-ngram`` and ``--gate``: our extensions of the selection
+    (defaults from :class:`~saffron.search.base.SearchConfig`: off, the paper's search)."""
+    from saffron.search.base import SearchConfig
+
+    p.add_argument(
+        "--reward-cap",
+        type=float,
+        default=SearchConfig.reward_cap,
+        metavar="TAU",
+        help="saffron, beam: a reward above TAU counts as TAU, so among children safe enough "
+        "the policy's most probable wins (satisficing; default none: maximise the reward)",
+    )
+    p.add_argument(
+        "--no-repeat-ngram",
+        type=int,
+        default=SearchConfig.no_repeat_ngram,
+        metavar="N",
+        help="saffron, beam: no child that repeats an N-gram of the answer (default: no ban)",
+    )
+    p.add_argument(
+        "--gate",
+        type=float,
+        default=SearchConfig.gate,
+        metavar="TAU",
+        help="saffron: follow the policy's most probable token until the MRM scores K of them "
+        "in a row below TAU, then search from before the first (default: search from the start)",
+    )
+    p.add_argument(
+        "--gate-steps",
+        type=int,
+        default=SearchConfig.gate_steps,
+        metavar="K",
+        help=f"K of --gate (default {SearchConfig.gate_steps})",
     )

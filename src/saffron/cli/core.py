@@ -151,6 +151,9 @@ def _search_config(args: argparse.Namespace, spec: MethodSpec) -> SearchConfig:
         logp_weight=args.logp_weight,
         logp_floor=logp_floor(args.logp_floor, spec.ranks_children),
         reward_cap=args.reward_cap,
+        no_repeat_ngram=args.no_repeat_ngram,
+        gate=args.gate,
+        gate_steps=args.gate_steps,
     )
     check_config(spec, config)
     check_rule_used(spec, config)

@@ -201,6 +201,9 @@ def _config(args: argparse.Namespace) -> EvalConfig:
             any(get_method(m).ranks_children for m in args.methods),
         ),
         reward_cap=args.reward_cap,
+        no_repeat_ngram=args.no_repeat_ngram,
+        gate=args.gate,
+        gate_steps=args.gate_steps,
         guard_cost=args.guard_cost,
     )
 

@@ -447,6 +447,9 @@ def cmd_visit(args: argparse.Namespace) -> int:
         logp_weight=args.logp_weight,
         logp_floor=logp_floor(args.logp_floor, ranks_children=True),
         reward_cap=args.reward_cap,
+        no_repeat_ngram=args.no_repeat_ngram,
+        gate=args.gate,
+        gate_steps=args.gate_steps,
     )
     cfg = VisitConfig(search, prefill_tokens=args.prefill, concurrency=args.concurrency)
     rt = runtime(args)

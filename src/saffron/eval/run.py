@@ -94,6 +94,12 @@ class EvalConfig:
     """δ of the selection rule, handed to the methods that rank children (saffron, beam)."""
     reward_cap: float | None = SearchConfig.reward_cap
     """τ of the selection rule, handed to the methods that rank children (saffron, beam)."""
+    no_repeat_ngram: int | None = SearchConfig.no_repeat_ngram
+    """n of the repeat ban, handed to the methods that rank children (saffron, beam)."""
+    gate: float | None = SearchConfig.gate
+    """τ of the gate, handed to the methods that gate (saffron)."""
+    gate_steps: int = SearchConfig.gate_steps
+    """k of the gate (a run of k choices below τ opens it)."""
     guard_cost: str = READOUT
     """How guard calls are billed: ``readout`` (as run) or ``suffix[:N]`` (reward.costing)."""
 
@@ -111,11 +117,15 @@ class EvalConfig:
         for m in self.methods:
             self._check_budgets(m)
         rankers = [m for m in self.methods if get_method(m).ranks_children]
-        default = (SearchConfig.logp_weight, SearchConfig.logp_floor, SearchConfig.reward_cap)
-        if (self.logp_weight, self.logp_floor, self.reward_cap) != default and not rankers:
+        rule = (self.logp_weight, self.logp_floor, self.reward_cap, self.no_repeat_ngram)
+        if rule != SearchConfig().rule()[:4] and not rankers:
             raise SaffronError(
-                "logp_weight, logp_floor and reward_cap apply to methods that rank children "
-                "(beam, saffron); none of the methods does"
+                "logp_weight, logp_floor, reward_cap and no_repeat_ngram apply to methods that "
+                "rank children (beam, saffron); none of the methods does"
+            )
+        if self.gate is not None and not any(get_method(m).gates for m in self.methods):
+            raise SaffronError(
+                "gate applies to methods that gate (saffron); none of the methods does"
             )
         parse_guard_cost(self.guard_cost)
         parse_attack(self.attack)
@@ -152,6 +162,9 @@ class EvalConfig:
             logp_weight=self.logp_weight if ranks else 0.0,
             logp_floor=self.logp_floor if ranks else None,
             reward_cap=self.reward_cap if ranks else None,
+            no_repeat_ngram=self.no_repeat_ngram if ranks else None,
+            gate=self.gate if get_method(method).gates else None,
+            gate_steps=self.gate_steps,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +186,9 @@ LATER_SETTINGS: dict[str, object] = {
     "logp_weight": 0.0,
     "logp_floor": None,
     "reward_cap": None,
+    "no_repeat_ngram": None,
+    "gate": None,
+    "gate_steps": 1,
     "guard_cost": READOUT,
 }
 
@@ -445,4 +461,10 @@ def record(
         "compute": result.compute.to_dict(),
         "tflop": result.compute.tflop,
         "wall_s": wall,
+        # with a gate: the step at which the search opened (None: the policy's own answer)
+        **(
+            {"searched_from": result.extra["searched_from"]}
+            if "searched_from" in result.extra
+            else {}
+        ),
     }

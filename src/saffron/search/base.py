@@ -102,6 +102,18 @@ class SearchConfig:
     """τ of the selection rule (saffron, beam): a reward above τ counts as τ, so among children
     that are safe enough the policy's own log-probability decides (satisficing instead of
     maximising a safety reward, which on a benign request prefers a refusal); None = no cap."""
+    no_repeat_ngram: int | None = None
+    """n of the repeat ban (saffron, beam): no child whose token would repeat an n-gram already
+    in the answer (prefill and generated tokens), the loops a reward model overrates; None =
+    no ban."""
+    gate: float | None = None
+    """τ of the gate (methods that gate, :attr:`MethodSpec.gates`): follow the policy's most
+    probable child while the reward model scores it ≥ τ, and search only from the first step
+    where it does not, so an answer that stays safe is the policy's own; None = search from
+    the first token (the paper's)."""
+    gate_steps: int = 1
+    """k of the gate: it opens when k of the policy's choices in a row score below τ (unseen
+    tokens skipped), and the search starts before the first of them."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget < 1:
@@ -123,6 +135,14 @@ class SearchConfig:
             raise SaffronError(
                 f"reward_cap must be a finite number (or unset), got {self.reward_cap!r}"
             )
+        if self.gate is not None and not math.isfinite(self.gate):
+            raise SaffronError(f"gate must be a finite number (or unset), got {self.gate!r}")
+        k = self.gate_steps
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise SaffronError(f"gate_steps must be an integer ≥ 1, got {k!r}")
+        n = self.no_repeat_ngram
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise SaffronError(f"no_repeat_ngram must be an integer ≥ 1 (or unset), got {n!r}")
         if self.logp_floor is not None and not _finite_non_negative(self.logp_floor):
             got = self.logp_floor
             raise SaffronError(
@@ -131,21 +151,40 @@ class SearchConfig:
 
     @property
     def paper_selection(self) -> bool:
-        """Whether children are ranked by reward alone (β = 0, no floor): the paper's rule."""
-        return self.logp_weight == 0 and self.logp_floor is None and self.reward_cap is None
+        """Whether children are ranked by reward alone (no β, floor, cap, repeat ban or gate):
+        the paper's rule."""
+        return self.rule() == _PAPER_RULE
+
+    def rule(self) -> tuple[float | int | None, ...]:
+        """(β, δ, τ cap, repeat n, gate τ): the selection rule's settings, in that order."""
+        return (
+            self.logp_weight,
+            self.logp_floor,
+            self.reward_cap,
+            self.no_repeat_ngram,
+            self.gate,
+        )
 
     def selection(self) -> dict[str, float | None]:
-        """β and δ as a record (``extra["selection"]`` of the methods that use them)."""
+        """β and δ, and the cap, the repeat ban and the gate where set, as a record
+        (``extra["selection"]`` of the methods that use them)."""
         rule: dict[str, float | None] = {
             "logp_weight": self.logp_weight,
             "logp_floor": self.logp_floor,
         }
-        if self.reward_cap is not None:  # absent when unset: records made before it match
-            rule["reward_cap"] = self.reward_cap
+        later = {"reward_cap": self.reward_cap, "no_repeat_ngram": self.no_repeat_ngram}
+        later["gate"] = self.gate
+        later["gate_steps"] = None if self.gate is None else self.gate_steps
+        # absent when unset: records made before these settings existed still match
+        rule.update({k: v for k, v in later.items() if v is not None})
         return rule
 
     def option(self, key: str, default: Any) -> Any:
         return dict(self.options).get(key, default)
+
+
+_PAPER_RULE: tuple[float | int | None, ...] = (0.0, None, None, None, None)
+""":meth:`SearchConfig.rule` of the paper's selection (reward alone, search from the start)."""
 
 
 def _finite_non_negative(value: object) -> bool:
@@ -256,6 +295,9 @@ class MethodSpec:
     """Why a smaller budget is refused (the end of its error message)."""
     ranks_children: bool = False
     """Whether the method ranks children by reward and honours ``logp_weight``/``logp_floor``."""
+    gates: bool = False
+    """Whether the method honours :attr:`SearchConfig.gate` (follows the policy until the reward
+    model scores its most probable child below τ)."""
 
     @property
     def uses_reward_model(self) -> bool:
@@ -276,6 +318,7 @@ def register(
     min_budget: int = 1,
     min_budget_why: str = "",
     ranks_children: bool = False,
+    gates: bool = False,
 ) -> Callable[[StepFn], SearchFn]:
     """Register a step function under ``name``; returns its one-at-a-time :data:`SearchFn`
     (fields as in :class:`MethodSpec`)."""
@@ -296,6 +339,7 @@ def register(
             min_budget,
             min_budget_why,
             ranks_children,
+            gates,
         )
         METHODS[name] = spec
         return fn
@@ -362,13 +406,15 @@ def check_config(spec: MethodSpec, cfg: SearchConfig) -> None:
 def check_rule_used(spec: MethodSpec, cfg: SearchConfig) -> None:
     """SaffronError when ``cfg``'s selection rule is not the default one and ``spec`` ranks no
     children, so the rule a user asked for would be silently ignored."""
-    default = (SearchConfig.logp_weight, SearchConfig.logp_floor, SearchConfig.reward_cap)
-    if not spec.ranks_children and (cfg.logp_weight, cfg.logp_floor, cfg.reward_cap) != default:
+    if not spec.ranks_children and cfg.rule() != _PAPER_RULE:
         users = ", ".join(sorted(m.name for m in METHODS.values() if m.ranks_children))
         raise SaffronError(
-            f"method {spec.name!r} ranks no children; logp_weight, logp_floor and reward_cap "
-            f"apply to: {users}"
+            f"method {spec.name!r} ranks no children; logp_weight, logp_floor, reward_cap, "
+            f"no_repeat_ngram and gate apply to: {users}"
         )
+    if not spec.gates and cfg.gate is not None:
+        users = ", ".join(sorted(m.name for m in METHODS.values() if m.gates))
+        raise SaffronError(f"method {spec.name!r} has no gate; gate applies to: {users}")
 
 
 def run_search(name: str, world: World, seq: TokenSequence, config: SearchConfig) -> SearchResult:

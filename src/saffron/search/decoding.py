@@ -40,12 +40,32 @@ def forbid_stop(
 def forbid_stop_(
     logits: Tensor, seqs: Sequence[TokenSequence], policy: Policy, cfg: SearchConfig
 ) -> Tensor:
-    """:func:`forbid_stop` in place on ``logits`` (B, V), which the caller owns; returns it."""
+    """:func:`forbid_stop` in place on ``logits`` (B, V), which the caller owns; returns it.
+
+    With ``cfg.no_repeat_ngram`` = n set, the tokens :func:`repeats` names are forbidden too."""
     young = [b for b, s in enumerate(seqs) if len(s.generated) < cfg.min_new_tokens]
     if young:
         rows = torch.tensor(young)[:, None]
         logits[rows, torch.tensor(sorted(policy.chat.eos_ids))[None, :]] = float("-inf")
+    if cfg.no_repeat_ngram is not None:
+        pairs = [(b, t) for b, s in enumerate(seqs) for t in repeats(s, cfg.no_repeat_ngram)]
+        if pairs:
+            rows_, cols = zip(*pairs, strict=True)
+            logits[torch.tensor(rows_), torch.tensor(cols)] = float("-inf")
     return logits
+
+
+def repeats(seq: TokenSequence, n: int) -> set[int]:
+    """The tokens that would complete an n-gram already in ``seq``'s answer (prefill and
+    generated tokens): those that follow an earlier occurrence of the answer's last n − 1
+    tokens. Forbidding them (a ban on repeated n-grams) rules out the loops "m.. m.. m.."
+    that a learned reward overrates; the prompt is not part of the answer, so an answer may
+    quote it."""
+    answer = seq.prefill + seq.generated
+    if len(answer) < n:
+        return set()
+    tail = answer[len(answer) - n + 1 :] if n > 1 else ()
+    return {answer[i + n - 1] for i in range(len(answer) - n + 1) if answer[i : i + n - 1] == tail}
 
 
 def top_p_mask(logits: Tensor, p: float) -> Tensor:

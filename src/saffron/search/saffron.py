@@ -28,6 +28,12 @@ instead of the reward alone, and with ``cfg.logp_floor`` = δ the expand step dr
 than δ nats below their beam's most probable token. Both read the log-probabilities off the
 logits of the policy call the step already made. β = 0 and no floor is the paper's rule.
 
+**Repeats and the gate** (our extensions). With ``cfg.no_repeat_ngram`` = n no child repeats an
+n-gram of the answer (:func:`~saffron.search.decoding.repeats`; the token's logit is −∞ before
+the top-p set is taken). With ``cfg.gate`` = τ the search first follows the policy: its most
+probable child is the whole pool until the MRM scores ``cfg.gate_steps`` of them in a row below
+τ; the search then runs as above from the beam before the first of them (:class:`Gate`).
+
 **The final pool** (``cfg.option("keep_pool")``, default False): ``extra["pool"]`` lists every
 sequence of the last pool, best first, as ``{"tokens": generated ids, "reward": the MRM's
 estimate}``: the states the search reached, which the MRM's training data may lack (a learned
@@ -42,8 +48,10 @@ answers are the same, only ``compute`` changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -172,17 +180,72 @@ def select(
     return ranked[: cfg.budget], fell_back
 
 
+class Gate:
+    """The gate (``cfg.gate`` = τ, ``cfg.gate_steps`` = k; our extension): follow the policy
+    until the MRM predicts its own answer unsafe, then search from where that began.
+
+    The paper searches from the first token. On a request the policy already answers safely,
+    a search that maximises a safety reward still moves the answer: a refusal's opening
+    outscores a helpful one (the rerun's over-refusal). The gate leaves such answers as the
+    policy's own and spends the search where the policy's choice is predicted unsafe (an
+    attacked answer).
+
+    While following, the pool is one beam, extended each step by the policy's most probable
+    child. The gate opens when the MRM scores k followed children in a row below τ; the
+    search then starts from the beam *before* the first of them (the prefix is cached, so the
+    rewind costs one step's forward), not after k unsafe tokens. A child the MRM has no
+    estimate for (an unseen token, −∞ under the conservative mask, Eq. 7) neither counts nor
+    breaks a run: the MRM was trained on answers to harmful requests, and much of a benign
+    answer's vocabulary is unseen by it. A single dip is noise of a learned reward (its fit,
+    BENCHMARKS.md), hence k.
+    """
+
+    def __init__(self, cfg: SearchConfig, root: Node) -> None:
+        assert cfg.gate is not None
+        self.tau, self.k = cfg.gate, cfg.gate_steps
+        self.path = [root]  # the followed beams, root first
+        self.run_start: int | None = None  # index in path of the beam before the run
+        self.run = 0
+        self.opened_at: int | None = None  # new tokens of the beam the search started from
+
+    def follow(self, policy: Policy, cfg: SearchConfig, ch: Children) -> list[Node] | None:
+        """The next pool while following: [the policy's most probable child], or [the beam
+        the search starts from] when the gate opens now; None once it is open."""
+        if self.opened_at is not None:
+            return None
+        here = self.path[-1]
+        top = int(torch.argmax(ch.logp))  # first of equals: the lowest token id
+        reward = float(ch.reward[top])
+        if math.isfinite(reward) and reward < self.tau:
+            self.run_start = len(self.path) - 1 if self.run == 0 else self.run_start
+            self.run += 1
+            if self.run >= self.k:
+                assert self.run_start is not None
+                start = self.path[self.run_start]
+                self.opened_at = len(start.seq.generated)
+                return [start]
+        elif math.isfinite(reward):
+            self.run = 0
+        seq = here.seq.extend(int(ch.token[top]))
+        node = Node(seq, reward, here.logp + float(ch.logp[top]), is_finished(seq, policy, cfg))
+        self.path.append(node)
+        return [node]
+
+
 @register(
     "saffron",
     "Saffron-1: MRM-guided search, top-p children, global top-N by MRM reward",
     "beam width N (sequences kept per step)",
     needs_mrm=True,
     ranks_children=True,
+    gates=True,
 )
 def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     """Run Saffron-1 from ``seq`` (nothing generated yet). Calls the MRM, never the guard.
 
     ``result.reward`` is the MRM's estimate for the answer (None when it never saw one);
+    ``extra["searched_from"]`` (with a gate) is how many new tokens the beam had where the
+    search started (:class:`Gate`), None when the policy's own answer passed the gate;
     ``extra["beams_per_step"]`` lists how many unfinished beams were scored at each step — the
     MRM's ``calls`` grow by exactly their sum; ``extra["children_scored"]`` counts the
     children among which the steps chose (each beam's top-p set: one MRM call judges them all).
@@ -196,16 +259,21 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
     trace: list[int] = []
     fallback_steps = children_scored = 0
     pool = [Node(seq)]
+    gate = None if cfg.gate is None else Gate(cfg, pool[0])
     while live := [b for b in pool if not b.finished]:
         seqs = tuple(b.seq for b in live)
         reply = yield Ask(logits=seqs, mrm=seqs, conservative=conservative)
         children = score(reply.mrm, expand(policy, live, reply.logits, cfg))
-        pool, fell_back = select(policy, cfg, pool, live, children)
+        followed = None if gate is None else gate.follow(policy, cfg, children)
+        if followed is not None:
+            pool, fell_back = followed, False
+        else:
+            pool, fell_back = select(policy, cfg, pool, live, children)
         trace.append(len(live))
         fallback_steps += fell_back
         children_scored += int(children.token.numel())
     answer = best(pool, cfg.logp_weight, cfg.reward_cap)
-    extra = {
+    extra: dict[str, Any] = {
         "reward_source": "mrm",
         "conservative": conservative,
         "top_p": cfg.top_p,
@@ -215,6 +283,7 @@ def saffron(world: World, seq: TokenSequence, cfg: SearchConfig) -> Steps:
         "final_pool": len(pool),
         "children_scored": children_scored,
         **({} if cfg.paper_selection else {"selection": cfg.selection()}),
+        **({} if gate is None else {"searched_from": gate.opened_at}),
     }
     if keep_pool:
         extra["pool"] = [{"tokens": list(b.seq.generated), "reward": b.reward} for b in pool]
