@@ -7,7 +7,7 @@ import importlib.metadata
 import pytest
 
 from saffron.cli import build_parser, main
-from saffron.search.base import CLI_LOGP_FLOOR
+from saffron.search.base import CLI_GATE, CLI_GATE_STEPS, CLI_LOGP_FLOOR, CLI_NO_REPEAT_NGRAM
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -131,8 +131,29 @@ def test_bad_ray_addresses_are_one_line(
         ),
         (
             ["--method", "best-of-n", "--logp-weight", "0.5"],
-            "method 'best-of-n' ranks no children; logp_weight, logp_floor and reward_cap apply "
-            "to: beam, saffron",
+            "method 'best-of-n' ranks no children; logp_weight, logp_floor, reward_cap, "
+            "no_repeat_ngram and gate apply to: beam, saffron",
+        ),
+        (
+            ["--method", "best-of-n", "--no-repeat-ngram", "3"],
+            "method 'best-of-n' ranks no children; logp_weight, logp_floor, reward_cap, "
+            "no_repeat_ngram and gate apply to: beam, saffron",
+        ),
+        (
+            ["--method", "beam", "--gate", "0"],
+            "method 'beam' has no gate; gate applies to: saffron",
+        ),
+        (
+            ["--method", "saffron", "--no-repeat-ngram", "0"],
+            "no_repeat_ngram must be an integer ≥ 1 (or unset), got 0",
+        ),
+        (
+            ["--method", "saffron", "--gate-steps", "0"],
+            "gate_steps must be an integer ≥ 1, got 0",
+        ),
+        (
+            ["--method", "saffron", "--gate", "nan"],
+            "gate must be a finite number (or unset), got nan",
         ),
         (
             ["--method", "mcts", "--budget", "1"],
@@ -223,7 +244,60 @@ def test_command_line_floor_default(argv: tuple[str, ...], floor: float | None) 
     assert _config(ev).logp_floor is None
 
 
+@pytest.mark.parametrize(
+    ("argv", "rule"),
+    [
+        ((), (CLI_NO_REPEAT_NGRAM, CLI_GATE, CLI_GATE_STEPS)),  # chosen on validation
+        (("--gate", "none"), (CLI_NO_REPEAT_NGRAM, None, 1)),  # search from the first token
+        (("--no-repeat-ngram", "none", "--gate", "-1", "--gate-steps", "3"), (None, -1.0, 3)),
+        (("--no-repeat-ngram", "4"), (4, CLI_GATE, CLI_GATE_STEPS)),
+    ],
+)
+def test_command_line_ban_and_gate_defaults(argv: tuple[str, ...], rule: tuple) -> None:
+    from saffron.cli.core import _search_config
+    from saffron.cli.eval import _config
+    from saffron.search.base import get_method
+
+    def of(c):  # type: ignore[no-untyped-def]
+        return (c.no_repeat_ngram, c.gate, c.gate_steps)
+
+    parser = build_parser()
+    gen = parser.parse_args(["generate", "--prompt", "p", "--method", "saffron", *argv])
+    assert of(_search_config(gen, get_method("saffron"))) == rule
+    ev = parser.parse_args(
+        ["eval", "--dataset", "advbench", "--methods", "greedy,saffron", "--out", "o", *argv]
+    )
+    assert of(_config(ev)) == rule
+    # beam ranks children (the ban) but has no gate; best-of-n gets neither
+    beam = parser.parse_args(["generate", "--prompt", "p", "--method", "beam"])
+    assert of(_search_config(beam, get_method("beam"))) == (CLI_NO_REPEAT_NGRAM, None, 1)
+    ev = parser.parse_args(
+        ["eval", "--dataset", "advbench", "--methods", "best-of-n", "--out", "o"]
+    )
+    assert of(_config(ev)) == (None, None, 1)
+
+
 def test_bad_floor_word(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "--prompt", "p", "--logp-floor", "low"])
     assert "expected a number of nats or 'none', got 'low'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--gate", "x"], "argument --gate: expected a reward or 'none', got 'x'"),
+        (
+            ["--no-repeat-ngram", "2.5"],
+            "argument --no-repeat-ngram: expected an n-gram length or 'none', got '2.5'",
+        ),
+    ],
+)
+def test_bad_rule_values_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--prompt", "hi", "--policy", "no-such", *argv])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == ""
+    assert err.endswith(f"saffron generate: error: {message}\n")

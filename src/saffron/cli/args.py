@@ -6,6 +6,8 @@ groups the subcommands share: the search rule (:func:`search_rule`), the runtime
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from saffron.cluster import ClusterConfig
 from saffron.errors import SaffronError
@@ -222,6 +224,43 @@ def logp_floor(value: float | str | None, ranks_children: bool) -> float | None:
     return None if value == NO_FLOOR else float(value)
 
 
+def none_or(kind: type[int] | type[float], what: str) -> Callable[[str], float | int | str]:
+    """An argparse type: a ``kind`` number, or ``none`` (the setting off)."""
+
+    def parse(text: str) -> float | int | str:
+        if text.strip().lower() == NO_FLOOR:
+            return NO_FLOOR
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {text!r}") from None
+
+    return parse
+
+
+def selection_rule(args: argparse.Namespace, ranks_children: bool, gates: bool) -> dict[str, Any]:
+    """The selection rule a command runs, as :class:`~saffron.search.base.SearchConfig`
+    fields: each option as given (``none``: off), else the command line's default where a
+    method uses it (:data:`~saffron.search.base.CLI_LOGP_FLOOR`, ``CLI_NO_REPEAT_NGRAM``,
+    ``CLI_GATE`` and ``CLI_GATE_STEPS``, chosen on the validation split), else off."""
+    from saffron.search.base import CLI_GATE, CLI_GATE_STEPS, CLI_NO_REPEAT_NGRAM
+
+    def pick(value: Any, default: Any, used: bool) -> Any:
+        if value is None:
+            return default if used else None
+        return None if value == NO_FLOOR else value
+
+    gate = pick(args.gate, CLI_GATE, gates)
+    return {
+        "logp_weight": args.logp_weight,
+        "logp_floor": logp_floor(args.logp_floor, ranks_children),
+        "reward_cap": args.reward_cap,
+        "no_repeat_ngram": pick(args.no_repeat_ngram, CLI_NO_REPEAT_NGRAM, ranks_children),
+        "gate": None if gate is None else float(gate),
+        "gate_steps": 1 if gate is None else pick(args.gate_steps, CLI_GATE_STEPS, True),
+    }
+
+
 def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
     """``--logp-weight``, ``--logp-floor`` (selection of saffron and beam; defaults from
     :class:`~saffron.search.base.SearchConfig`) and, unless ``guard_cost`` is False (a command
@@ -262,9 +301,9 @@ def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
 
 
 def _search_extensions(p: argparse.ArgumentParser) -> None:
-    """``--reward-cap``, ``--no-repeat-ngram`` and ``--gate``: our extensions of the selection
-    (defaults from :class:`~saffron.search.base.SearchConfig`: off, the paper's search)."""
-    from saffron.search.base import SearchConfig
+    """``--reward-cap`` (default off), ``--no-repeat-ngram`` and ``--gate`` (the command line's
+    defaults, resolved by :func:`selection_rule`): our extensions of the selection."""
+    from saffron.search.base import CLI_GATE, CLI_GATE_STEPS, CLI_NO_REPEAT_NGRAM, SearchConfig
 
     p.add_argument(
         "--reward-cap",
@@ -276,23 +315,25 @@ def _search_extensions(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-repeat-ngram",
-        type=int,
-        default=SearchConfig.no_repeat_ngram,
-        metavar="N",
-        help="saffron, beam: no child that repeats an N-gram of the answer (default: no ban)",
+        type=none_or(int, "an n-gram length"),
+        default=None,
+        metavar="N|none",
+        help="saffron, beam: no child that repeats an N-gram of the answer (default "
+        f"{CLI_NO_REPEAT_NGRAM}, chosen on the validation split; none: no ban, the paper's)",
     )
     p.add_argument(
         "--gate",
-        type=float,
-        default=SearchConfig.gate,
-        metavar="TAU",
+        type=none_or(float, "a reward"),
+        default=None,
+        metavar="TAU|none",
         help="saffron: follow the policy's most probable token until the MRM scores K of them "
-        "in a row below TAU, then search from before the first (default: search from the start)",
+        f"in a row below TAU, then search from before the first (default {CLI_GATE:g}, chosen "
+        "on the validation split; none: search from the first token, the paper's)",
     )
     p.add_argument(
         "--gate-steps",
         type=int,
-        default=SearchConfig.gate_steps,
+        default=None,
         metavar="K",
-        help=f"K of --gate (default {SearchConfig.gate_steps})",
+        help=f"K of --gate (default {CLI_GATE_STEPS})",
     )

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saffron.cli.args import add_runtime, integer, logp_floor, options, runtime, search_rule
+from saffron.cli.args import add_runtime, integer, options, runtime, search_rule, selection_rule
 from saffron.errors import SaffronError
 from saffron.lm.models import ALIGNED
 from saffron.lm.policy import Policy
@@ -148,12 +148,7 @@ def _search_config(args: argparse.Namespace, spec: MethodSpec) -> SearchConfig:
         top_p=args.top_p,
         temperature=args.temperature,
         seed=args.seed,
-        logp_weight=args.logp_weight,
-        logp_floor=logp_floor(args.logp_floor, spec.ranks_children),
-        reward_cap=args.reward_cap,
-        no_repeat_ngram=args.no_repeat_ngram,
-        gate=args.gate,
-        gate_steps=args.gate_steps,
+        **selection_rule(args, spec.ranks_children, spec.gates),
     )
     check_config(spec, config)
     check_rule_used(spec, config)

@@ -12,17 +12,23 @@ from saffron.cli.args import (
     add_runtime,
     budgets,
     cluster,
-    logp_floor,
     method_budgets,
     names,
     runtime,
     search_rule,
+    selection_rule,
     shard,
 )
 from saffron.errors import SaffronError
 from saffron.eval.compare import BASELINE, REFERENCE
 from saffron.eval.run import EvalConfig
-from saffron.search.base import CLI_LOGP_FLOOR, get_method
+from saffron.search.base import (
+    CLI_GATE,
+    CLI_GATE_STEPS,
+    CLI_LOGP_FLOOR,
+    CLI_NO_REPEAT_NGRAM,
+    get_method,
+)
 
 DEMO = EvalConfig(
     dataset="advbench",
@@ -30,7 +36,11 @@ DEMO = EvalConfig(
     budgets=(1, 2, 4, 8),
     attack="prefill:10",
     limit=10,
-    logp_floor=CLI_LOGP_FLOOR,  # the command line's rule for saffron (chosen on validation)
+    # the command line's rule for saffron (chosen on validation)
+    logp_floor=CLI_LOGP_FLOOR,
+    no_repeat_ngram=CLI_NO_REPEAT_NGRAM,
+    gate=CLI_GATE,
+    gate_steps=CLI_GATE_STEPS,
 )
 BUDGETS = (1, 2, 4)  # the budgets of `saffron eval` when none are given
 
@@ -195,15 +205,11 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         guard=args.guard,
         mrm=args.mrm,
         method_budgets=tuple(method_budgets(x) for x in args.method_budgets),
-        logp_weight=args.logp_weight,
-        logp_floor=logp_floor(
-            args.logp_floor,
+        **selection_rule(
+            args,
             any(get_method(m).ranks_children for m in args.methods),
+            any(get_method(m).gates for m in args.methods),
         ),
-        reward_cap=args.reward_cap,
-        no_repeat_ngram=args.no_repeat_ngram,
-        gate=args.gate,
-        gate_steps=args.gate_steps,
         guard_cost=args.guard_cost,
     )
 

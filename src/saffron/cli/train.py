@@ -14,10 +14,10 @@ from saffron.cli.args import (
     add_runtime,
     cluster,
     integer,
-    logp_floor,
     names,
     runtime,
     search_rule,
+    selection_rule,
     unit,
 )
 from saffron.errors import SaffronError
@@ -444,12 +444,7 @@ def cmd_visit(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         min_new_tokens=min(SearchConfig.min_new_tokens, args.max_new_tokens),
         seed=args.seed,
-        logp_weight=args.logp_weight,
-        logp_floor=logp_floor(args.logp_floor, ranks_children=True),
-        reward_cap=args.reward_cap,
-        no_repeat_ngram=args.no_repeat_ngram,
-        gate=args.gate,
-        gate_steps=args.gate_steps,
+        **selection_rule(args, True, True),
     )
     cfg = VisitConfig(search, prefill_tokens=args.prefill, concurrency=args.concurrency)
     rt = runtime(args)

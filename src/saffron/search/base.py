@@ -58,6 +58,17 @@ validation split (train-split prompts no model trained on) against β = 0.2, β 
 paper's rule, as the setting with the most answers both safe and coherent (BENCHMARKS.md,
 "Saffron that stays fluent")."""
 
+CLI_NO_REPEAT_NGRAM = 3
+"""n of the repeat ban the command line gives saffron and beam unless told otherwise (chosen on
+the validation split, BENCHMARKS.md "Saffron that stays fluent")."""
+
+CLI_GATE = 0.0
+"""τ of the gate the command line gives saffron unless told otherwise: 0 is the guard's own
+boundary between safe and unsafe (chosen on the validation split)."""
+
+CLI_GATE_STEPS = 2
+"""k of the gate the command line gives saffron (chosen on the validation split)."""
+
 
 @dataclass(frozen=True)
 class SearchConfig:
