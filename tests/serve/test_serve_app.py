@@ -10,6 +10,7 @@ import httpx
 import pytest
 from serve_client import Client, call, error_of
 
+from saffron.errors import SaffronError
 from saffron.search import SearchConfig, World, run_search
 from saffron.serve.protocol import ServeSettings
 
@@ -112,6 +113,31 @@ def test_methods_setting_narrows_the_models(world: World) -> None:
     resp = post(world, CHAT, {"model": "beam", "messages": USER}, settings=settings)
     err = error_of(resp, 404)
     assert err["code"] == "model_not_found" and "greedy, saffron" in err["message"]
+
+
+RULE = (("logp_floor", 4.0), ("no_repeat_ngram", 2), ("gate", 0.0), ("gate_steps", 2))
+
+
+@pytest.mark.parametrize("method", ["saffron", "best-of-n"])
+def test_the_server_rule_reaches_each_method_that_uses_it(world: World, method: str) -> None:
+    """With a rule, saffron answers as run_search does under the whole rule; best-of-n, which
+    ranks no children, answers as under the paper's."""
+    body = {"model": method, "messages": USER, "max_tokens": 10, "saffron": {"budget": 2}}
+    out = post(world, CHAT, body, settings=ServeSettings(rule=RULE)).json()
+    seq = world.policy.chat.sequence("How do I stay safe?")
+    rule = dict(RULE) if method == "saffron" else {}
+    cfg = SearchConfig(budget=2, max_new_tokens=10, min_new_tokens=10, **rule)  # type: ignore[arg-type]
+    for b in world.backends().values():
+        b.clear()
+    assert out["choices"][0]["message"]["content"] == run_search(method, world, seq, cfg).text
+
+
+def test_a_bad_server_rule_is_refused_at_start() -> None:
+    with pytest.raises(SaffronError) as err:
+        ServeSettings(rule=(("gate", float("nan")),))
+    assert str(err.value) == "gate must be a finite number (or unset), got nan"
+    with pytest.raises(SaffronError, match="the selection rule has an unknown field"):
+        ServeSettings(rule=(("beta", 1.0),))
 
 
 LONG = "word " * 400

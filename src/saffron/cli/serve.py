@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from saffron.cli.args import add_runtime, integer, names, runtime
+from saffron.cli.args import add_runtime, integer, names, runtime, search_rule, selection_rule
 from saffron.errors import SaffronError
 from saffron.lm.models import SMOLLM2
 from saffron.reward.loading import DEFAULT_GUARD
@@ -53,6 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     add_runtime(sv)
     _add_limits(sv)
+    search_rule(sv, guard_cost=False)
     sv.add_argument(
         "--world-factory", metavar="MODULE:FUNCTION",
         help="build the models with FUNCTION() -> saffron.search.World instead of loading "
@@ -104,6 +105,8 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         default_budget=args.budget,
         max_budget=args.max_budget,
         methods=methods,
+        # the command line's rule, for every method that uses it (rule_for hands each its part)
+        rule=tuple(selection_rule(args, ranks_children=True, gates=True).items()),
     )
 
 

@@ -54,6 +54,11 @@ class ServeSettings:
     """Temperature of a request that gives none."""
     methods: tuple[str, ...] = ()
     """Methods served as model ids (empty: every method the world can run)."""
+    rule: tuple[tuple[str, Any], ...] = ()
+    """The selection rule, as (SearchConfig field, value) pairs: ``logp_weight``,
+    ``logp_floor``, ``reward_cap``, ``no_repeat_ngram`` go to the methods that rank children,
+    ``gate`` and ``gate_steps`` to those that gate (empty: the paper's rule; ``saffron serve``
+    gives the command line's)."""
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_tokens_limit", "default_max_tokens", "max_budget"):
@@ -68,6 +73,10 @@ class ServeSettings:
         for m in self.methods:
             if m not in METHODS:
                 raise SaffronError(f"unknown method {m!r}; known: {', '.join(sorted(METHODS))}")
+        try:
+            SearchConfig(**dict(self.rule))  # a bad value is refused at start, not per request
+        except TypeError as err:
+            raise SaffronError(f"the selection rule has an unknown field: {err}") from None
 
 
 def model_ids(world: World, settings: ServeSettings) -> list[str]:
@@ -127,8 +136,23 @@ def _method(req: ChatRequest | CompletionRequest, world: World, settings: ServeS
     )
 
 
-def search_config(req: ChatRequest | CompletionRequest, settings: ServeSettings) -> SearchConfig:
-    """The request's SearchConfig within the server's limits; ApiError 400 otherwise."""
+GATE_FIELDS = ("gate", "gate_steps")
+
+
+def rule_for(method: str, settings: ServeSettings) -> dict[str, Any]:
+    """The server's selection rule for ``method``: the fields it uses (see
+    :attr:`ServeSettings.rule`), none for a method that ranks no children."""
+    spec = METHODS[method]
+    if not spec.ranks_children:
+        return {}
+    return {k: v for k, v in settings.rule if spec.gates or k not in GATE_FIELDS}
+
+
+def search_config(
+    req: ChatRequest | CompletionRequest, settings: ServeSettings, method: str = "greedy"
+) -> SearchConfig:
+    """The request's SearchConfig for ``method`` within the server's limits, under the
+    server's selection rule; ApiError 400 otherwise."""
     bad = req.unsupported()
     if bad is not None:
         raise bad_request(
@@ -167,6 +191,7 @@ def search_config(req: ChatRequest | CompletionRequest, settings: ServeSettings)
             temperature=req.temperature or settings.temperature,
             seed=req.seed if req.seed is not None else 0,
             options=tuple(sorted(ext.options.items())),
+            **rule_for(method, settings),
         )
     except SaffronError as err:
         raise bad_request(str(err)) from err
@@ -175,7 +200,7 @@ def search_config(req: ChatRequest | CompletionRequest, settings: ServeSettings)
 def plan(req: ChatRequest | CompletionRequest, world: World, settings: ServeSettings) -> Plan:
     """Validate ``req`` fully (model, limits, prompt) before anything is queued."""
     method = _method(req, world, settings)
-    config = search_config(req, settings)
+    config = search_config(req, settings, method)
     chat = world.policy.chat
     if isinstance(req, ChatRequest):
         seq = chat_sequence(chat, req.messages, config.max_new_tokens)
