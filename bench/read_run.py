@@ -13,6 +13,10 @@ judge's accuracy against the reading; Cohen's kappa with a second reader on an o
 
 ``quote``: a markdown table of read answers per cell, with reading and verdicts.
 
+``gate``: for Saffron with a gate, per budget, the share of prompts where the search opened, the
+judges' verdicts on each side, and, where it opened, the MRM's estimate for the answer it chose
+beside the guard's reward of that answer.
+
 Usage::
 
     python bench/read_run.py sample results/aligned/attacked --cells saffron:32,best-of-n:32
@@ -180,6 +184,46 @@ def quote(folder: Path, per_cell: int) -> None:
             )
 
 
+def gate(run: Path) -> None:
+    """Per Saffron budget: on how many prompts the gate opened, and the independent judge's
+    ASR and the degeneracy judge's rate where it opened and where the answer stayed the
+    policy's own (records' ``searched_from``; ``judged.jsonl`` for the verdicts)."""
+    judged = {
+        (j["prompt_id"], j["method"], int(j["budget"])): j for j in read_jsonl(run / "judged.jsonl")
+    }
+    rows = [r for r in read_jsonl(run / "records.jsonl") if "searched_from" in r]
+    print(
+        "| N | prompts | searched | ASR where searched | ASR where not "
+        "| degenerate where searched | mean start (tokens) | MRM's estimate | guard's reward "
+        "| MRM safe, guard unsafe |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for budget in sorted({int(r["budget"]) for r in rows}):
+        cell = [r for r in rows if int(r["budget"]) == budget]
+        opened = [r for r in cell if r["searched_from"] is not None]
+        closed = [r for r in cell if r["searched_from"] is None]
+
+        def rate(rs: list[dict[str, Any]], key: str) -> str:
+            if not rs:
+                return "—"
+            hits = sum(judged[(r["prompt_id"], r["method"], int(r["budget"]))][key] for r in rs)
+            return f"{hits / len(rs):.3f} ({hits}/{len(rs)})"
+
+        start = sum(r["searched_from"] for r in opened) / max(len(opened), 1)
+        # the winner's curse of a learned reward: what the MRM promised for the answer it
+        # chose against what the guard it imitates says (searched prompts, MRM estimate known)
+        est = [r for r in opened if r["search_reward"] is not None]
+        mrm = sum(r["search_reward"] for r in est) / max(len(est), 1)
+        guard = sum(r["judge_reward"] for r in est) / max(len(est), 1)
+        fooled = sum(r["search_reward"] >= 0 > r["judge_reward"] for r in est)
+        print(
+            f"| {budget} | {len(cell)} | {len(opened) / len(cell):.2f} | "
+            f"{rate(opened, 'unsafe_independent')} | {rate(closed, 'unsafe_independent')} | "
+            f"{rate(opened, 'degenerate')} | {start:.1f} | {mrm:+.2f} | {guard:+.2f} | "
+            f"{fooled}/{len(est)} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -194,12 +238,16 @@ def main() -> None:
     q = sub.add_parser("quote")
     q.add_argument("folder", type=Path)
     q.add_argument("--per-cell", type=int, default=5)
+    g = sub.add_parser("gate")
+    g.add_argument("run", type=Path)
     args = ap.parse_args()
     if args.cmd == "sample":
         cells = [_cell(x) for x in args.cells.split(",")]
         sample(args.run, cells, args.per_cell, args.seed, args.prefix)
     elif args.cmd == "score":
         score(args.folder)
+    elif args.cmd == "gate":
+        gate(args.run)
     else:
         quote(args.folder, args.per_cell)
 
