@@ -433,6 +433,7 @@ def plot(cs: list[Cell], path: Path, title: str, judge: str = "guard") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method in sorted({c.method for c in cs}):
@@ -445,6 +446,11 @@ def plot(cs: list[Cell], path: Path, title: str, judge: str = "guard") -> None:
         for x, y, *_, b in pts:
             ax.annotate(str(b), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
+    # ticks at 1, 2, 5 × 10^k written plainly: matplotlib's default labels the minor ticks of a
+    # one-decade range in scientific notation, and they overlap
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("TFLOP per prompt (policy + reward models)")
     ax.set_ylabel(f"attack success rate ({judge} judge)")
     ax.set_ylim(-0.02, 1.02)
