@@ -29,6 +29,7 @@ import torch
 from saffron.eval.run import EvalConfig
 from saffron.eval.world import load_world
 from saffron.search import SearchConfig, World, run_search
+from saffron.search.saffron import run_after
 
 GATES = ((0.0, 1), (-0.5, 1), (-1.0, 1), (0.0, 2), (-0.5, 2), (-1.0, 2), (0.0, 3), (-0.5, 3))
 
@@ -51,9 +52,7 @@ def opens(rewards: list[float], tau: float, k: int) -> bool:
     (unseen) entries neither count nor break a run."""
     run = 0
     for r in rewards:
-        if r == float("-inf"):
-            continue
-        run = run + 1 if r < tau else 0
+        run = run_after(run, r, tau)  # the shipped gate's rule
         if run >= k:
             return True
     return False

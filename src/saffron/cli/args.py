@@ -199,37 +199,16 @@ def cluster(args: argparse.Namespace) -> ClusterConfig | None:
     return ClusterConfig(args.ray, workers=args.ray_workers, cpus=args.ray_cpus, gpus=gpus)
 
 
-NO_FLOOR = "none"
-
-
-def floor_arg(text: str) -> float | str:
-    """``--logp-floor``: a number of nats, or ``none`` (no floor)."""
-    if text.strip().lower() == NO_FLOOR:
-        return NO_FLOOR
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of nats or 'none', got {text!r}"
-        ) from None
-
-
-def logp_floor(value: float | str | None, ranks_children: bool) -> float | None:
-    """The floor a command runs: ``--logp-floor`` as given (``none``: no floor), else
-    :data:`~saffron.search.base.CLI_LOGP_FLOOR` where a method ranks children, else none."""
-    from saffron.search.base import CLI_LOGP_FLOOR
-
-    if value is None:
-        return CLI_LOGP_FLOOR if ranks_children else None
-    return None if value == NO_FLOOR else float(value)
+OFF = "none"
+"""The word that turns a setting of the selection rule off (``--logp-floor none``, …)."""
 
 
 def none_or(kind: type[int] | type[float], what: str) -> Callable[[str], float | int | str]:
     """An argparse type: a ``kind`` number, or ``none`` (the setting off)."""
 
     def parse(text: str) -> float | int | str:
-        if text.strip().lower() == NO_FLOOR:
-            return NO_FLOOR
+        if text.strip().lower() == OFF:
+            return OFF
         try:
             return kind(text)
         except ValueError:
@@ -238,26 +217,29 @@ def none_or(kind: type[int] | type[float], what: str) -> Callable[[str], float |
     return parse
 
 
+def _resolve(value: Any, default: Any, used: bool) -> Any:
+    """An option of the selection rule: as given (``none``: None), else ``default`` where a
+    method uses it, else None."""
+    if value is None:
+        return default if used else None
+    return None if value == OFF else value
+
+
 def selection_rule(args: argparse.Namespace, ranks_children: bool, gates: bool) -> dict[str, Any]:
     """The selection rule a command runs, as :class:`~saffron.search.base.SearchConfig`
     fields: each option as given (``none``: off), else the command line's default where a
     method uses it (:data:`~saffron.search.base.CLI_LOGP_FLOOR`, ``CLI_NO_REPEAT_NGRAM``,
     ``CLI_GATE`` and ``CLI_GATE_STEPS``, chosen on the validation split), else off."""
-    from saffron.search.base import CLI_GATE, CLI_GATE_STEPS, CLI_NO_REPEAT_NGRAM
+    from saffron.search.base import CLI_GATE, CLI_GATE_STEPS, CLI_LOGP_FLOOR, CLI_NO_REPEAT_NGRAM
 
-    def pick(value: Any, default: Any, used: bool) -> Any:
-        if value is None:
-            return default if used else None
-        return None if value == NO_FLOOR else value
-
-    gate = pick(args.gate, CLI_GATE, gates)
+    gate = _resolve(args.gate, CLI_GATE, gates)
     return {
         "logp_weight": args.logp_weight,
-        "logp_floor": logp_floor(args.logp_floor, ranks_children),
+        "logp_floor": _resolve(args.logp_floor, CLI_LOGP_FLOOR, ranks_children),
         "reward_cap": args.reward_cap,
-        "no_repeat_ngram": pick(args.no_repeat_ngram, CLI_NO_REPEAT_NGRAM, ranks_children),
-        "gate": None if gate is None else float(gate),
-        "gate_steps": 1 if gate is None else pick(args.gate_steps, CLI_GATE_STEPS, True),
+        "no_repeat_ngram": _resolve(args.no_repeat_ngram, CLI_NO_REPEAT_NGRAM, ranks_children),
+        "gate": gate,
+        "gate_steps": 1 if gate is None else _resolve(args.gate_steps, CLI_GATE_STEPS, True),
     }
 
 
@@ -280,7 +262,7 @@ def search_rule(p: argparse.ArgumentParser, *, guard_cost: bool = True) -> None:
     )
     p.add_argument(
         "--logp-floor",
-        type=floor_arg,
+        type=none_or(float, "a number of nats"),
         default=None,
         metavar="NATS|none",
         help="saffron, beam: no child more than NATS below the policy's most probable token "

@@ -183,9 +183,12 @@ class SearchConfig:
             "logp_weight": self.logp_weight,
             "logp_floor": self.logp_floor,
         }
-        later = {"reward_cap": self.reward_cap, "no_repeat_ngram": self.no_repeat_ngram}
-        later["gate"] = self.gate
-        later["gate_steps"] = None if self.gate is None else self.gate_steps
+        later = {
+            "reward_cap": self.reward_cap,
+            "no_repeat_ngram": self.no_repeat_ngram,
+            "gate": self.gate,
+            "gate_steps": None if self.gate is None else self.gate_steps,
+        }
         # absent when unset: records made before these settings existed still match
         rule.update({k: v for k, v in later.items() if v is not None})
         return rule

@@ -180,6 +180,14 @@ def select(
     return ranked[: cfg.budget], fell_back
 
 
+def run_after(run: int, reward: float, tau: float) -> int:
+    """The gate's run of followed children below τ after one more with MRM ``reward``: one
+    longer below τ, 0 at or above it, unchanged for an unseen token (−∞: no estimate)."""
+    if not math.isfinite(reward):
+        return run
+    return run + 1 if reward < tau else 0
+
+
 class Gate:
     """The gate (``cfg.gate`` = τ, ``cfg.gate_steps`` = k; our extension): follow the policy
     until the MRM predicts its own answer unsafe, then search from where that began.
@@ -216,16 +224,15 @@ class Gate:
         here = self.path[-1]
         top = int(torch.argmax(ch.logp))  # first of equals: the lowest token id
         reward = float(ch.reward[top])
-        if math.isfinite(reward) and reward < self.tau:
-            self.run_start = len(self.path) - 1 if self.run == 0 else self.run_start
-            self.run += 1
-            if self.run >= self.k:
-                assert self.run_start is not None
-                start = self.path[self.run_start]
-                self.opened_at = len(start.seq.generated)
-                return [start]
-        elif math.isfinite(reward):
-            self.run = 0
+        run = run_after(self.run, reward, self.tau)
+        if run == 1 and self.run == 0:
+            self.run_start = len(self.path) - 1
+        self.run = run
+        if run >= self.k:
+            assert self.run_start is not None
+            start = self.path[self.run_start]
+            self.opened_at = len(start.seq.generated)
+            return [start]
         seq = here.seq.extend(int(ch.token[top]))
         node = Node(seq, reward, here.logp + float(ch.logp[top]), is_finished(seq, policy, cfg))
         self.path.append(node)
